@@ -1,0 +1,1 @@
+"""The REST API: an app factory, dependencies, and one thin router per domain."""

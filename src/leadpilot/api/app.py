@@ -1,0 +1,55 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+from sqlalchemy import Engine, text
+
+from leadpilot import __version__
+from leadpilot.api.errors import BodySizeLimit, install_error_handlers
+from leadpilot.api.routes import accounts, auth, contacts, events, leads, tasks, teams, users
+from leadpilot.config import Settings, get_settings
+from leadpilot.crm.events import bus
+from leadpilot.db.engine import get_engine
+
+API_PREFIX = "/api/v1"
+
+
+def create_app(settings: Settings | None = None, *, engine: Engine | None = None) -> FastAPI:
+    """Build the app for the given settings (defaults: the environment) and database engine."""
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="leadpilot",
+        version=__version__,
+        description="Self-hosted, AI-native sales CRM engine. Authenticate at POST /api/v1/auth/token.",
+        openapi_url="/openapi.json",
+        docs_url="/docs",
+    )
+    app.state.settings = settings
+    app.state.engine = engine or get_engine(settings)
+    app.state.secret_key = settings.resolved_secret_key()
+    if settings.redis_url:
+        bus.configure_redis(settings.redis_url, settings.redis_stream)
+
+    api = APIRouter(prefix=API_PREFIX)
+    for module in (auth, users, teams, accounts, contacts, leads, tasks, events):
+        api.include_router(module.router)
+    app.include_router(api)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, Any]:
+        """Liveness and database reachability (no authentication)."""
+        with app.state.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return {"status": "ok", "version": __version__, "database": app.state.engine.dialect.name}
+
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory`` (used by ``leadpilot serve`` with several workers)."""
+    return create_app()

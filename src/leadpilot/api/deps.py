@@ -1,0 +1,97 @@
+"""Dependencies shared by the routes: settings, database sessions, the authenticated actor, paging."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+import jwt
+from fastapi import Depends, HTTPException, Query, Request, status
+from fastapi.security import OAuth2PasswordBearer
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from leadpilot.auth.security import decode_access_token
+from leadpilot.config import Settings
+from leadpilot.crm.access import Actor, actor_for
+from leadpilot.crm.models import User
+from leadpilot.db.engine import read_only_engine
+
+oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token")
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_engine(request: Request) -> Engine:
+    return request.app.state.engine
+
+
+def write_session(request: Request) -> Iterator[Session]:
+    """A session for requests that write (including reads that write an audit row); routes commit."""
+    session = Session(bind=get_engine(request), expire_on_commit=False)
+    try:
+        yield session
+    finally:
+        session.rollback()
+        session.close()
+
+
+def read_session(request: Request) -> Iterator[Session]:
+    """A session for pure reads (SQLite: a deferred transaction that never waits for writers)."""
+    session = Session(bind=read_only_engine(get_engine(request)), expire_on_commit=False)
+    try:
+        yield session
+    finally:
+        session.rollback()
+        session.close()
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+WriteDB = Annotated[Session, Depends(write_session)]
+ReadDB = Annotated[Session, Depends(read_session)]
+
+_UNAUTHORISED = HTTPException(
+    status_code=status.HTTP_401_UNAUTHORIZED,
+    detail="not authenticated: send a valid bearer token from POST /api/v1/auth/token",
+    headers={"WWW-Authenticate": "Bearer"},
+)
+
+
+def current_actor(request: Request, token: Annotated[str, Depends(oauth2_scheme)]) -> Actor:
+    """The actor behind the bearer token; 401 when the token is bad or the user inactive."""
+    try:
+        claims = decode_access_token(token, secret=request.app.state.secret_key)
+        user_id = int(claims["sub"])
+    except (jwt.InvalidTokenError, ValueError, KeyError):
+        raise _UNAUTHORISED from None
+    with Session(bind=read_only_engine(get_engine(request))) as session:
+        user = session.get(User, user_id)
+        if user is None or not user.is_active:
+            raise _UNAUTHORISED
+        return actor_for(session, user)
+
+
+CurrentActor = Annotated[Actor, Depends(current_actor)]
+
+
+class Paging:
+    """Cursor, page size and sort order of a list request."""
+
+    def __init__(
+        self,
+        request: Request,
+        cursor: Annotated[str | None, Query(max_length=500, description="next_cursor of the previous page")] = None,
+        limit: Annotated[int | None, Query(ge=1, description="page size (default 50, at most 500)")] = None,
+        sort: Annotated[str | None, Query(max_length=40, description="field, '-' prefix for descending")] = None,
+    ) -> None:
+        settings = get_settings(request)
+        if limit is not None and limit > settings.page_size_max:
+            raise HTTPException(422, detail=f"limit must be at most {settings.page_size_max}")
+        self.cursor = cursor
+        self.limit = limit or settings.page_size_default
+        self.sort = sort
+
+
+PagingDep = Annotated[Paging, Depends()]

@@ -1,0 +1,81 @@
+"""The event log (read) and activities (append), plus the audit log for admins."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from leadpilot.api.deps import CurrentActor, PagingDep, ReadDB, WriteDB
+from leadpilot.crm import eventlog
+from leadpilot.crm.models import Event
+from leadpilot.crm.schemas import AuditPublic, EventCreate, EventPublic, PageOut
+
+router = APIRouter(tags=["events"])
+
+
+@router.get("/events", response_model=PageOut[EventPublic])
+def list_events(
+    actor: CurrentActor,
+    db: ReadDB,
+    paging: PagingDep,
+    lead_id: int | None = None,
+    type: Annotated[list[str] | None, Query(max_length=40)] = None,
+    actor_id: int | None = None,
+    after: datetime | None = None,
+    before: datetime | None = None,
+) -> PageOut[EventPublic]:
+    """Events about the leads the caller may see, oldest first (sort=-id for newest first)."""
+    page = eventlog.list_events(
+        db,
+        actor=actor,
+        lead_id=lead_id,
+        type=type,
+        actor_id=actor_id,
+        after=after,
+        before=before,
+        sort=paging.sort or "id",
+        cursor=paging.cursor,
+        limit=paging.limit,
+    )
+    return PageOut(items=[EventPublic.model_validate(e) for e in page.items], next_cursor=page.next_cursor)
+
+
+@router.post("/events", response_model=EventPublic, status_code=201)
+def record_activity(data: EventCreate, actor: CurrentActor, db: WriteDB) -> Event:
+    """Record an activity (call, message, note, meeting, quote, contract, payment) on a lead."""
+    event = eventlog.record_activity(db, actor=actor, data=data)
+    db.commit()
+    return event
+
+
+@router.get("/events/{event_id}", response_model=EventPublic)
+def get_event(event_id: int, actor: CurrentActor, db: ReadDB) -> Event:
+    """One event."""
+    return eventlog.get_event(db, actor=actor, event_id=event_id)
+
+
+@router.get("/audit", response_model=PageOut[AuditPublic], tags=["audit"])
+def list_audit(
+    actor: CurrentActor,
+    db: ReadDB,
+    paging: PagingDep,
+    entity: Annotated[str | None, Query(max_length=40)] = None,
+    entity_id: int | None = None,
+    action: Annotated[str | None, Query(max_length=30)] = None,
+    actor_id: int | None = None,
+) -> PageOut[AuditPublic]:
+    """The audit log, newest first (admins)."""
+    page = eventlog.list_audit(
+        db,
+        actor=actor,
+        entity=entity,
+        entity_id=entity_id,
+        action=action,
+        actor_id=actor_id,
+        sort=paging.sort or "-id",
+        cursor=paging.cursor,
+        limit=paging.limit,
+    )
+    return PageOut(items=[AuditPublic.model_validate(a) for a in page.items], next_cursor=page.next_cursor)

@@ -1,0 +1,126 @@
+"""Leads: list with filters, CRUD, explicit stage changes, claim pool and assignment."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+
+from leadpilot.api.deps import CurrentActor, PagingDep, ReadDB, WriteDB
+from leadpilot.crm import leads
+from leadpilot.crm.models import Lead, Stage
+from leadpilot.crm.schemas import AssignRequest, LeadCreate, LeadPublic, LeadUpdate, PageOut, StageChange
+
+router = APIRouter(prefix="/leads", tags=["leads"])
+
+Text = Annotated[str | None, Query(max_length=120)]
+
+
+@router.get("", response_model=PageOut[LeadPublic])
+def list_leads(
+    actor: CurrentActor,
+    db: ReadDB,
+    paging: PagingDep,
+    stage: Annotated[list[Stage] | None, Query(description="repeat for several stages")] = None,
+    product_line: Text = None,
+    region: Text = None,
+    source: Text = None,
+    owner_id: int | None = None,
+    team_id: int | None = None,
+    account_id: int | None = None,
+    in_pool: bool | None = None,
+    min_budget: float | None = None,
+    max_budget: float | None = None,
+    min_score: float | None = None,
+    max_score: float | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    q: Annotated[str | None, Query(max_length=200, description="text in the title")] = None,
+) -> PageOut[LeadPublic]:
+    """Leads the caller may see: sales their own and the pool, supervisors their subtree, admins all."""
+    filters = leads.LeadFilters(
+        stage=[s.value for s in stage] if stage else None,
+        product_line=product_line,
+        region=region,
+        source=source,
+        owner_id=owner_id,
+        team_id=team_id,
+        account_id=account_id,
+        in_pool=in_pool,
+        min_budget=min_budget,
+        max_budget=max_budget,
+        min_score=min_score,
+        max_score=max_score,
+        created_after=created_after,
+        created_before=created_before,
+        q=q,
+    )
+    page = leads.list_leads(
+        db, actor=actor, filters=filters, sort=paging.sort or "-created_at", cursor=paging.cursor, limit=paging.limit
+    )
+    return PageOut(items=[LeadPublic.model_validate(x) for x in page.items], next_cursor=page.next_cursor)
+
+
+@router.post("", response_model=LeadPublic, status_code=201)
+def create_lead(data: LeadCreate, actor: CurrentActor, db: WriteDB) -> Lead:
+    """Create a lead in stage 'new'."""
+    lead = leads.create_lead(db, actor=actor, data=data)
+    db.commit()
+    return lead
+
+
+@router.get("/{lead_id}", response_model=LeadPublic)
+def get_lead(lead_id: int, actor: CurrentActor, db: ReadDB) -> Lead:
+    """One lead."""
+    return leads.get_lead(db, actor=actor, lead_id=lead_id)
+
+
+@router.patch("/{lead_id}", response_model=LeadPublic)
+def update_lead(lead_id: int, data: LeadUpdate, actor: CurrentActor, db: WriteDB) -> Lead:
+    """Change a lead's fields; stage and owner change through the action routes."""
+    lead = leads.update_lead(db, actor=actor, lead_id=lead_id, data=data)
+    db.commit()
+    return lead
+
+
+@router.delete("/{lead_id}", status_code=204)
+def delete_lead(lead_id: int, actor: CurrentActor, db: WriteDB) -> Response:
+    """Delete a lead (admins)."""
+    leads.delete_lead(db, actor=actor, lead_id=lead_id)
+    db.commit()
+    return Response(status_code=204)
+
+
+@router.post("/{lead_id}/stage", response_model=LeadPublic)
+def change_stage(lead_id: int, data: StageChange, actor: CurrentActor, db: WriteDB) -> Lead:
+    """Move a lead to another stage; an illegal move answers 409 with the reason."""
+    lead = leads.change_stage(db, actor=actor, lead_id=lead_id, stage=data.stage, reason=data.reason)
+    db.commit()
+    return lead
+
+
+@router.post("/{lead_id}/claim", response_model=LeadPublic)
+def claim_lead(lead_id: int, actor: CurrentActor, db: WriteDB) -> Lead:
+    """Claim a lead from the pool; of two simultaneous claims exactly one wins, the other gets 409."""
+    lead = leads.claim_lead(db, actor=actor, lead_id=lead_id)
+    db.commit()
+    return lead
+
+
+@router.post("/{lead_id}/release", response_model=LeadPublic)
+def release_lead(
+    lead_id: int, actor: CurrentActor, db: WriteDB, reason: Annotated[str | None, Query(max_length=300)] = None
+) -> Lead:
+    """Give a lead back to the pool (stage 'recycled')."""
+    lead = leads.release_lead(db, actor=actor, lead_id=lead_id, reason=reason)
+    db.commit()
+    return lead
+
+
+@router.post("/{lead_id}/assign", response_model=LeadPublic)
+def assign_lead(lead_id: int, data: AssignRequest, actor: CurrentActor, db: WriteDB) -> Lead:
+    """Assign a lead to a salesperson (supervisors and admins)."""
+    lead = leads.assign_lead(db, actor=actor, lead_id=lead_id, owner_id=data.owner_id, reason=data.reason)
+    db.commit()
+    return lead

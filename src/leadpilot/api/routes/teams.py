@@ -1,0 +1,59 @@
+"""Teams: the org chart of opportunity (screening) and sales groups."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from leadpilot.api.deps import CurrentActor, PagingDep, ReadDB, WriteDB
+from leadpilot.crm import people
+from leadpilot.crm.models import Team, TeamKind
+from leadpilot.crm.schemas import PageOut, TeamCreate, TeamPublic, TeamUpdate
+
+router = APIRouter(prefix="/teams", tags=["teams"])
+
+
+@router.get("", response_model=PageOut[TeamPublic])
+def list_teams(
+    actor: CurrentActor, db: ReadDB, paging: PagingDep, kind: TeamKind | None = None, parent_id: int | None = None
+) -> PageOut[TeamPublic]:
+    """List teams."""
+    page = people.list_teams(
+        db,
+        actor=actor,
+        kind=kind,
+        parent_id=parent_id,
+        sort=paging.sort or "name",
+        cursor=paging.cursor,
+        limit=paging.limit,
+    )
+    return PageOut(items=[TeamPublic.model_validate(t) for t in page.items], next_cursor=page.next_cursor)
+
+
+@router.post("", response_model=TeamPublic, status_code=201)
+def create_team(data: TeamCreate, actor: CurrentActor, db: WriteDB) -> Team:
+    """Create a team (admins)."""
+    team = people.create_team(db, actor=actor, data=data)
+    db.commit()
+    return team
+
+
+@router.get("/{team_id}", response_model=TeamPublic)
+def get_team(team_id: int, actor: CurrentActor, db: ReadDB) -> Team:
+    """One team."""
+    return people.get_team(db, actor=actor, team_id=team_id)
+
+
+@router.patch("/{team_id}", response_model=TeamPublic)
+def update_team(team_id: int, data: TeamUpdate, actor: CurrentActor, db: WriteDB) -> Team:
+    """Change a team (admins)."""
+    team = people.update_team(db, actor=actor, team_id=team_id, data=data)
+    db.commit()
+    return team
+
+
+@router.delete("/{team_id}", status_code=204)
+def delete_team(team_id: int, actor: CurrentActor, db: WriteDB) -> Response:
+    """Delete an empty team (admins)."""
+    people.delete_team(db, actor=actor, team_id=team_id)
+    db.commit()
+    return Response(status_code=204)

@@ -1,0 +1,1 @@
+"""Authentication: argon2 password hashes, JWT bearer tokens, throttling of failed logins."""

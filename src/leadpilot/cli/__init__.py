@@ -1,0 +1,1 @@
+"""The ``leadpilot`` command line (Typer), one module per noun."""

@@ -1,0 +1,76 @@
+"""One typed Settings object; every knob is an environment variable with prefix LEADPILOT_."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Values that must never be used as a signing key in production.
+PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "changethis", "dev", "test", "password"})
+
+
+class InsecureSettingsError(RuntimeError):
+    """Raised when production mode is asked to run with an unsafe setting."""
+
+
+class Settings(BaseSettings):
+    """Runtime configuration; defaults run with no setup on the embedded SQLite store."""
+
+    model_config = SettingsConfigDict(env_prefix="LEADPILOT_", env_file=".env", extra="ignore")
+
+    environment: Literal["development", "production", "test"] = "development"
+    data_dir: Path = Path(".leadpilot")
+    database_url: str | None = None
+    secret_key: str | None = None
+    redis_url: str | None = None
+    redis_stream: str = "leadpilot:events"
+    access_token_minutes: int = 12 * 60
+    # Login throttling: after this many consecutive failures each attempt must wait, doubling.
+    login_free_failures: int = 3
+    login_max_delay_seconds: int = 900
+    max_body_bytes: int = 1_048_576
+    page_size_default: int = 50
+    page_size_max: int = 500
+    default_phone_region: str = "US"
+    sqlite_busy_timeout_ms: int = 30_000
+    import_batch_size: int = Field(default=5_000, ge=1)
+
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to a SQLite file under the data dir."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'leadpilot.db').resolve()}"
+
+    def resolved_secret_key(self) -> str:
+        """The JWT signing key: from the environment, else generated once into the data dir."""
+        if self.secret_key is not None:
+            if self.environment == "production" and self.secret_key.strip().lower() in PLACEHOLDER_SECRETS:
+                raise InsecureSettingsError(
+                    "LEADPILOT_SECRET_KEY is a known placeholder; set a long random value in production"
+                )
+            return self.secret_key
+        key_file = self.data_dir / "secret_key"
+        if key_file.exists():
+            return key_file.read_text().strip()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(48)
+        # Create with 0600 so the key is never world-readable, even briefly.
+        try:
+            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another worker won the race; use its key
+            return key_file.read_text().strip()
+        with os.fdopen(fd, "w") as fh:
+            fh.write(key)
+        return key
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

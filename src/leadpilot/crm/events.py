@@ -1,0 +1,250 @@
+"""The append-only event log: append in the caller's transaction, deliver after commit.
+
+``append_event`` adds the event to the caller's session, so the fact and the state change commit or
+roll back together (transactional outbox). After commit, in-process subscribers receive the events;
+when a Redis URL is configured each event also gets an outbox row, is published to a Redis Stream
+with XADD, and its outbox row is deleted. Events whose publication failed stay in the outbox until
+``relay_outbox`` (``leadpilot events relay``) publishes them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Engine, delete, event, insert, select
+from sqlalchemy.orm import Session
+
+from leadpilot.crm.models import Event, OutboxEntry
+from leadpilot.db.base import utcnow
+
+log = logging.getLogger(__name__)
+
+_PENDING = "leadpilot_pending_events"
+
+
+class EventType(StrEnum):
+    """Known event types; the log also accepts other lower_snake names from integrations."""
+
+    PAGE_VIEW = "page_view"
+    FORM_SUBMIT = "form_submit"
+    CALL_ATTEMPT = "call_attempt"
+    CALL_CONNECTED = "call_connected"
+    CALL_COMPLETED = "call_completed"
+    MESSAGE = "message"
+    CLAIM = "claim"
+    RELEASE = "release"
+    ASSIGN = "assign"
+    STAGE_CHANGE = "stage_change"
+    NOTE = "note"
+    MEETING = "meeting"
+    QUOTE = "quote"
+    CONTRACT_SIGNED = "contract_signed"
+    PAYMENT = "payment"
+    LEAD_CREATED = "lead_created"
+    LEAD_UPDATED = "lead_updated"
+    LEAD_MERGED = "lead_merged"
+    TASK_CREATED = "task_created"
+    TASK_UPDATED = "task_updated"
+
+
+# Types an integrator may post directly; the rest are written by the service that makes the change.
+ACTIVITY_TYPES: frozenset[str] = frozenset(
+    {
+        EventType.PAGE_VIEW,
+        EventType.FORM_SUBMIT,
+        EventType.CALL_ATTEMPT,
+        EventType.CALL_CONNECTED,
+        EventType.CALL_COMPLETED,
+        EventType.MESSAGE,
+        EventType.NOTE,
+        EventType.MEETING,
+        EventType.QUOTE,
+        EventType.CONTRACT_SIGNED,
+        EventType.PAYMENT,
+    }
+)
+
+Subscriber = Callable[[list["EventRecord"]], None]
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """A committed event as delivered to subscribers and to the stream."""
+
+    id: int
+    type: str
+    lead_id: int | None
+    actor_id: int | None
+    occurred_at: datetime
+    payload: dict[str, Any]
+
+    def to_stream_fields(self) -> dict[str, str]:
+        return {
+            "id": str(self.id),
+            "type": self.type,
+            "lead_id": "" if self.lead_id is None else str(self.lead_id),
+            "actor_id": "" if self.actor_id is None else str(self.actor_id),
+            "occurred_at": self.occurred_at.isoformat(),
+            "payload": json.dumps(self.payload, ensure_ascii=False, default=str),
+        }
+
+
+@dataclass
+class EventBus:
+    """Delivers committed events to in-process subscribers and, when configured, a Redis Stream."""
+
+    subscribers: list[Subscriber] = field(default_factory=list)
+    redis_url: str | None = None
+    stream: str = "leadpilot:events"
+    _redis: Any = None
+
+    def subscribe(self, fn: Subscriber) -> Callable[[], None]:
+        """Register a subscriber; returns a function that unregisters it."""
+        self.subscribers.append(fn)
+        return lambda: self.subscribers.remove(fn) if fn in self.subscribers else None
+
+    def configure_redis(self, url: str | None, stream: str = "leadpilot:events") -> None:
+        """Publish to this Redis Stream from now on (None turns publishing off)."""
+        self.redis_url, self.stream, self._redis = url, stream, None
+
+    @property
+    def publishing(self) -> bool:
+        return self.redis_url is not None
+
+    def client(self) -> Any:
+        if self._redis is None:
+            import redis
+
+            self._redis = redis.Redis.from_url(self.redis_url, socket_timeout=5)  # type: ignore[arg-type]
+        return self._redis
+
+    def publish(self, records: Iterable[EventRecord]) -> list[int]:
+        """XADD each record to the stream; returns ids published (stops at the first failure)."""
+        done: list[int] = []
+        try:
+            pipe = self.client().pipeline(transaction=False)
+            batch = list(records)
+            for rec in batch:
+                pipe.xadd(self.stream, rec.to_stream_fields())
+            pipe.execute()
+            done = [r.id for r in batch]
+        except Exception as exc:  # Redis down: the outbox keeps them for the relay
+            log.warning("publishing %s events to Redis failed: %s", len(done), exc)
+        return done
+
+    def deliver(self, records: list[EventRecord]) -> None:
+        for fn in list(self.subscribers):
+            try:
+                fn(records)
+            except Exception:  # one bad subscriber must not break the writer or the others
+                log.exception("event subscriber %r failed", fn)
+
+
+bus = EventBus()
+
+
+def append_event(
+    session: Session,
+    type: str,
+    *,
+    lead_id: int | None = None,
+    actor_id: int | None = None,
+    payload: dict[str, Any] | None = None,
+    occurred_at: datetime | None = None,
+) -> Event:
+    """Append an event in the session's transaction; it is delivered only if the transaction commits."""
+    now = utcnow()
+    row = Event(
+        type=str(type),
+        lead_id=lead_id,
+        actor_id=actor_id,
+        payload=payload or {},
+        occurred_at=occurred_at or now,
+        recorded_at=now,
+    )
+    session.add(row)
+    session.flush()
+    if bus.publishing:
+        session.add(OutboxEntry(event_id=row.id))
+    session.info.setdefault(_PENDING, []).append(row)
+    return row
+
+
+def append_events_bulk(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Append many events with one INSERT (bulk paths such as imports); delivered after commit too."""
+    if not rows:
+        return
+    now = utcnow()
+    for r in rows:
+        r.setdefault("occurred_at", now)
+        r.setdefault("recorded_at", now)
+        r.setdefault("payload", {})
+        r.setdefault("actor_id", None)
+        r.setdefault("lead_id", None)
+    if bus.publishing or bus.subscribers:
+        # Need ids back for outbox and subscribers.
+        result = session.execute(insert(Event).returning(Event.id, Event.occurred_at), rows)
+        ids = [r[0] for r in result.all()]
+        if bus.publishing:
+            session.execute(insert(OutboxEntry), [{"event_id": i} for i in ids])
+        pending = session.info.setdefault(_PENDING, [])
+        for i, r in zip(ids, rows, strict=True):
+            pending.append(EventRecord(i, r["type"], r["lead_id"], r["actor_id"], r["occurred_at"], r["payload"]))
+    else:
+        session.execute(insert(Event), rows)
+
+
+def _as_record(obj: Event | EventRecord) -> EventRecord:
+    if isinstance(obj, EventRecord):
+        return obj
+    return EventRecord(obj.id, obj.type, obj.lead_id, obj.actor_id, obj.occurred_at, dict(obj.payload or {}))
+
+
+@event.listens_for(Session, "after_commit")
+def _after_commit(session: Session) -> None:
+    pending = session.info.pop(_PENDING, None)
+    if not pending:
+        return
+    records = [_as_record(p) for p in pending]
+    bus.deliver(records)
+    if bus.publishing:
+        published = bus.publish(records)
+        if published:
+            _clear_outbox(session.get_bind(), published)  # type: ignore[arg-type]
+
+
+@event.listens_for(Session, "after_rollback")
+def _after_rollback(session: Session) -> None:
+    session.info.pop(_PENDING, None)
+
+
+def _clear_outbox(engine: Engine, event_ids: list[int]) -> None:
+    # A fresh connection: the committing session is in its after_commit hook and must not be reused.
+    with engine.begin() as conn:
+        conn.execute(delete(OutboxEntry).where(OutboxEntry.event_id.in_(event_ids)))
+
+
+def relay_outbox(engine: Engine, *, batch_size: int = 1000) -> int:
+    """Publish events left in the outbox (oldest first); returns how many were published."""
+    if not bus.publishing:
+        raise RuntimeError("no Redis URL configured (set LEADPILOT_REDIS_URL)")
+    total = 0
+    while True:
+        with Session(engine) as session:
+            rows = session.scalars(
+                select(Event).join(OutboxEntry, OutboxEntry.event_id == Event.id).order_by(Event.id).limit(batch_size)
+            ).all()
+            records = [_as_record(r) for r in rows]
+        if not records:
+            return total
+        published = bus.publish(records)
+        if not published:
+            return total
+        _clear_outbox(engine, published)
+        total += len(published)

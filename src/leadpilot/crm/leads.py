@@ -1,0 +1,347 @@
+"""Service functions for leads: CRUD, stage changes, claim pool (claim/release) and assignment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, select, update
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
+
+from leadpilot.crm import schemas
+from leadpilot.crm.access import Actor, lead_scope, pool_clause
+from leadpilot.crm.audit import audit
+from leadpilot.crm.common import apply_changes, get_visible, require_exists
+from leadpilot.crm.errors import Conflict, Forbidden, Invalid, NotFound
+from leadpilot.crm.events import EventType, append_event
+from leadpilot.crm.listing import Page, paginate, sort_keys
+from leadpilot.crm.models import Account, Contact, Lead, Role, Stage, Team, User
+from leadpilot.crm.stages import OWNED_STAGES, POOL_STAGES, SCREENING_STAGES, transition_error
+from leadpilot.db.base import utcnow
+
+LEAD_SORT = sort_keys(
+    Lead.id,
+    Lead.created_at,
+    Lead.updated_at,
+    Lead.stage_changed_at,
+    score=(Lead.score, -1.0),
+    budget=(Lead.budget, -1.0),
+)
+CLAIMER_ROLES = frozenset({Role.SALES, Role.SUPERVISOR})
+OWNER_ROLES = frozenset({Role.SALES, Role.SUPERVISOR})
+# Stage moves a screener may make: the screening half of the funnel only.
+SCREENER_TARGETS = frozenset({Stage.SCREENING, Stage.QUALIFIED, Stage.LOST})
+
+
+@dataclass
+class LeadFilters:
+    """Filters for listing leads; every one is optional and they combine with AND."""
+
+    stage: list[str] | None = None
+    product_line: str | None = None
+    region: str | None = None
+    source: str | None = None
+    owner_id: int | None = None
+    team_id: int | None = None
+    account_id: int | None = None
+    in_pool: bool | None = None
+    min_budget: float | None = None
+    max_budget: float | None = None
+    min_score: float | None = None
+    max_score: float | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    q: str | None = None
+
+    def apply(self, stmt: Select[Any]) -> Select[Any]:
+        if self.stage:
+            unknown = [s for s in self.stage if s not in Stage.__members__.values()]
+            if unknown:
+                raise Invalid(f"unknown stage {unknown[0]!r}", field="stage")
+            stmt = stmt.where(Lead.stage.in_(self.stage))
+        for name in ("product_line", "region", "source", "owner_id", "team_id", "account_id"):
+            value = getattr(self, name)
+            if value is not None:
+                stmt = stmt.where(getattr(Lead, name) == value)
+        if self.in_pool is True:
+            stmt = stmt.where(pool_clause())
+        elif self.in_pool is False:
+            stmt = stmt.where(~pool_clause())
+        if self.min_budget is not None:
+            stmt = stmt.where(Lead.budget >= self.min_budget)
+        if self.max_budget is not None:
+            stmt = stmt.where(Lead.budget <= self.max_budget)
+        if self.min_score is not None:
+            stmt = stmt.where(Lead.score >= self.min_score)
+        if self.max_score is not None:
+            stmt = stmt.where(Lead.score <= self.max_score)
+        if self.created_after is not None:
+            stmt = stmt.where(Lead.created_at >= self.created_after)
+        if self.created_before is not None:
+            stmt = stmt.where(Lead.created_at < self.created_before)
+        if self.q:
+            stmt = stmt.where(Lead.title.contains(self.q, autoescape=True))
+        return stmt
+
+
+def list_leads(
+    session: Session,
+    *,
+    actor: Actor,
+    filters: LeadFilters | None = None,
+    sort: str = "-created_at",
+    cursor: str | None = None,
+    limit: int = 50,
+) -> Page[Lead]:
+    """Leads the actor may see, filtered and sorted, one page at a time."""
+    stmt = select(Lead).where(lead_scope(actor))
+    if filters:
+        stmt = filters.apply(stmt)
+    return paginate(session, stmt, model=Lead, sortable=LEAD_SORT, sort=sort, cursor=cursor, limit=limit)
+
+
+def get_lead(session: Session, *, actor: Actor, lead_id: int) -> Lead:
+    """One lead the actor may see."""
+    return get_visible(session, Lead, lead_id, lead_scope(actor))
+
+
+def _check_can_work(actor: Actor, lead: Lead) -> None:
+    """Visible is not enough to change a lead: sales only their own, screeners only leads being screened."""
+    if actor.role is Role.SALES and lead.owner_id != actor.id:
+        raise Forbidden("salespeople may only change their own leads; claim it first")
+    if actor.role is Role.SCREENER and lead.stage not in SCREENING_STAGES:
+        raise Forbidden("screeners may only change leads that are new or in screening")
+
+
+def _check_refs(session: Session, fields: dict[str, Any]) -> None:
+    require_exists(session, Account, fields.get("account_id"), "account_id")
+    require_exists(session, Contact, fields.get("contact_id"), "contact_id")
+    require_exists(session, Team, fields.get("team_id"), "team_id")
+
+
+def create_lead(session: Session, *, actor: Actor, data: schemas.LeadCreate) -> Lead:
+    """Create a lead in stage ``new``; a salesperson's own lead is owned by them from the start."""
+    fields = data.model_dump()
+    _check_refs(session, fields)
+    owner_id = actor.id if actor.role in (Role.SALES,) else None
+    lead = Lead(**fields, owner_id=owner_id, stage=Stage.NEW.value, stage_changed_at=utcnow())
+    session.add(lead)
+    session.flush()
+    append_event(
+        session,
+        EventType.LEAD_CREATED,
+        lead_id=lead.id,
+        actor_id=actor.id,
+        payload={"source": lead.source, "product_line": lead.product_line, "via": "api"},
+    )
+    audit(session, actor, "create", "lead", lead.id)
+    return lead
+
+
+def update_lead(session: Session, *, actor: Actor, lead_id: int, data: schemas.LeadUpdate) -> Lead:
+    """Change a lead's fields (not its stage or owner: those are explicit actions)."""
+    lead = get_lead(session, actor=actor, lead_id=lead_id)
+    _check_can_work(actor, lead)
+    changes = data.model_dump(exclude_unset=True)
+    expected = changes.pop("expected_version", None)
+    if expected is not None and expected != lead.version:
+        raise Conflict(f"lead {lead_id} changed since version {expected} (now {lead.version}); reload it")
+    _check_refs(session, changes)
+    diff = apply_changes(lead, changes)
+    if diff:
+        append_event(
+            session,
+            EventType.LEAD_UPDATED,
+            lead_id=lead.id,
+            actor_id=actor.id,
+            payload={"changes": {k: v for k, v in diff.items() if k != "notes"}},
+        )
+        audit(session, actor, "update", "lead", lead.id, {"fields": sorted(diff)})
+        _flush_versioned(session, lead_id)
+    return lead
+
+
+def delete_lead(session: Session, *, actor: Actor, lead_id: int) -> None:
+    """Delete a lead (admins); its events stay in the log."""
+    if not actor.is_admin:
+        raise Forbidden("only an admin may delete leads")
+    lead = get_lead(session, actor=actor, lead_id=lead_id)
+    session.delete(lead)
+    audit(session, actor, "delete", "lead", lead_id)
+
+
+def _flush_versioned(session: Session, lead_id: int) -> None:
+    try:
+        session.flush()
+    except StaleDataError as exc:
+        raise Conflict(f"lead {lead_id} was changed by someone else at the same moment; retry") from exc
+
+
+def change_stage(session: Session, *, actor: Actor, lead_id: int, stage: Stage, reason: str | None = None) -> Lead:
+    """Move a lead to another stage, enforcing the life cycle; an illegal move is a Conflict with the reason."""
+    lead = get_lead(session, actor=actor, lead_id=lead_id)
+    _check_can_work(actor, lead)
+    target = Stage(stage)
+    problem = transition_error(lead.stage, target.value)
+    if problem:
+        raise Conflict(f"lead {lead_id}: {problem}")
+    if actor.role is Role.SCREENER and target not in SCREENER_TARGETS:
+        raise Forbidden(f"screeners may not move leads to {target.value!r}")
+    if target is Stage.ASSIGNED:
+        raise Conflict(f"lead {lead_id}: a lead becomes 'assigned' by a claim or an assignment, which names the owner")
+    if target in OWNED_STAGES and lead.owner_id is None:
+        raise Conflict(f"lead {lead_id} has no owner; it must be claimed or assigned before {target.value!r}")
+    previous, previous_owner = lead.stage, lead.owner_id
+    lead.stage = target.value
+    lead.stage_changed_at = utcnow()
+    if target is Stage.LOST:
+        lead.lost_reason = reason
+    if target is Stage.RECYCLED:
+        lead.owner_id = None  # back to the claim pool
+    _flush_versioned(session, lead_id)
+    append_event(
+        session,
+        EventType.STAGE_CHANGE,
+        lead_id=lead.id,
+        actor_id=actor.id,
+        payload={"from": previous, "to": target.value, "reason": reason, "owner_id": previous_owner},
+    )
+    audit(session, actor, "stage_change", "lead", lead.id, {"from": previous, "to": target.value})
+    return lead
+
+
+def _pool_miss_reason(session: Session, actor: Actor, lead_id: int) -> Exception:
+    lead = session.scalar(
+        select(Lead).where(Lead.id == lead_id, lead_scope(actor)).execution_options(populate_existing=True)
+    )
+    if lead is None:
+        return NotFound(f"lead {lead_id} not found")
+    if lead.owner_id is not None:
+        who = "you" if lead.owner_id == actor.id else "someone else"
+        return Conflict(f"lead {lead_id} is already owned by {who}")
+    return Conflict(f"lead {lead_id} is not in the claim pool (stage {lead.stage!r})")
+
+
+def claim_lead(session: Session, *, actor: Actor, lead_id: int) -> Lead:
+    """Take a lead from the pool; one atomic conditional UPDATE, so of two racing claims exactly one wins."""
+    if actor.role not in CLAIMER_ROLES or actor.id is None:
+        raise Forbidden("only salespeople and supervisors may claim leads")
+    now = utcnow()
+    result = session.execute(
+        update(Lead)
+        .where(Lead.id == lead_id, pool_clause())
+        .values(
+            owner_id=actor.id,
+            stage=Stage.ASSIGNED.value,
+            stage_changed_at=now,
+            updated_at=now,
+            version=Lead.version + 1,
+        )
+        .returning(Lead.stage)
+        .execution_options(synchronize_session=False)
+    )
+    if result.first() is None:
+        raise _pool_miss_reason(session, actor, lead_id)
+    lead = session.get_one(Lead, lead_id, populate_existing=True)
+    append_event(session, EventType.CLAIM, lead_id=lead_id, actor_id=actor.id, payload={"owner_id": actor.id})
+    append_event(
+        session,
+        EventType.STAGE_CHANGE,
+        lead_id=lead_id,
+        actor_id=actor.id,
+        payload={"from": "pool", "to": Stage.ASSIGNED.value, "reason": "claim", "owner_id": None},
+    )
+    audit(session, actor, "claim", "lead", lead_id)
+    return lead
+
+
+def release_lead(session: Session, *, actor: Actor, lead_id: int, reason: str | None = None) -> Lead:
+    """Give a lead back to the pool (stage ``recycled``): its owner, or a supervisor or admin who sees it."""
+    lead = get_lead(session, actor=actor, lead_id=lead_id)
+    if lead.owner_id is None:
+        raise Conflict(f"lead {lead_id} has no owner; it is already in the pool or not yet qualified")
+    if actor.role in (Role.SALES, Role.SCREENER) and lead.owner_id != actor.id:
+        raise Forbidden("only the owner, a supervisor or an admin may release a lead")
+    problem = transition_error(lead.stage, Stage.RECYCLED.value)
+    if problem:
+        raise Conflict(f"lead {lead_id}: {problem}")
+    previous_owner, previous_stage = lead.owner_id, lead.stage
+    now = utcnow()
+    result = session.execute(
+        update(Lead)
+        .where(Lead.id == lead_id, Lead.owner_id == previous_owner, Lead.stage == previous_stage)
+        .values(
+            owner_id=None, stage=Stage.RECYCLED.value, stage_changed_at=now, updated_at=now, version=Lead.version + 1
+        )
+        .returning(Lead.id)
+        .execution_options(synchronize_session=False)
+    )
+    if result.first() is None:
+        raise Conflict(f"lead {lead_id} changed while releasing it; reload and retry")
+    lead = session.get_one(Lead, lead_id, populate_existing=True)
+    append_event(
+        session,
+        EventType.RELEASE,
+        lead_id=lead_id,
+        actor_id=actor.id,
+        payload={"previous_owner_id": previous_owner, "reason": reason},
+    )
+    append_event(
+        session,
+        EventType.STAGE_CHANGE,
+        lead_id=lead_id,
+        actor_id=actor.id,
+        payload={
+            "from": previous_stage,
+            "to": Stage.RECYCLED.value,
+            "reason": reason or "release",
+            "owner_id": previous_owner,
+        },
+    )
+    audit(session, actor, "release", "lead", lead_id)
+    return lead
+
+
+def assign_lead(session: Session, *, actor: Actor, lead_id: int, owner_id: int, reason: str | None = None) -> Lead:
+    """Give a lead to a salesperson (supervisors within their subtree, admins anyone)."""
+    if actor.role not in (Role.ADMIN, Role.SUPERVISOR):
+        raise Forbidden("only supervisors and admins may assign leads")
+    lead = get_lead(session, actor=actor, lead_id=lead_id)
+    owner = session.get(User, owner_id)
+    if owner is None:
+        raise Invalid(f"user {owner_id} does not exist", field="owner_id")
+    if not owner.is_active:
+        raise Conflict(f"user {owner.username!r} is inactive", field="owner_id")
+    if Role(owner.role) not in OWNER_ROLES:
+        raise Invalid(f"user {owner.username!r} is a {owner.role}; leads go to sales or supervisors", field="owner_id")
+    if actor.role is Role.SUPERVISOR and owner.team_id not in actor.team_ids:
+        raise Forbidden(f"user {owner.username!r} is not in your team subtree")
+    previous_owner, previous_stage = lead.owner_id, lead.stage
+    if Stage(lead.stage) in POOL_STAGES:
+        lead.stage = Stage.ASSIGNED.value
+        lead.stage_changed_at = utcnow()
+    elif Stage(lead.stage) not in OWNED_STAGES:
+        raise Conflict(f"lead {lead_id} is {lead.stage!r}; only qualified, recycled or worked leads can be assigned")
+    lead.owner_id = owner_id
+    if owner.team_id is not None:
+        lead.team_id = owner.team_id
+    _flush_versioned(session, lead_id)
+    append_event(
+        session,
+        EventType.ASSIGN,
+        lead_id=lead_id,
+        actor_id=actor.id,
+        payload={"from": previous_owner, "to": owner_id, "reason": reason},
+    )
+    if previous_stage != lead.stage:
+        append_event(
+            session,
+            EventType.STAGE_CHANGE,
+            lead_id=lead_id,
+            actor_id=actor.id,
+            payload={"from": previous_stage, "to": lead.stage, "reason": "assign", "owner_id": previous_owner},
+        )
+    audit(session, actor, "assign", "lead", lead_id, {"from": previous_owner, "to": owner_id})
+    return lead

@@ -1,0 +1,118 @@
+"""Listing helpers: whitelisted sorting and opaque keyset (cursor) pagination for any table."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import ColumnElement, Select, and_, func, or_
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from leadpilot.crm.errors import Invalid
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class SortKey:
+    """A sortable column; nullable ones sort as ``null_as`` so keyset comparisons stay total."""
+
+    column: InstrumentedAttribute[Any]
+    null_as: Any = None
+
+    @property
+    def expr(self) -> ColumnElement[Any]:
+        if self.null_as is None:
+            return self.column  # type: ignore[return-value]
+        return func.coalesce(self.column, self.null_as)
+
+    def value_of(self, row: Any) -> Any:
+        value = getattr(row, self.column.key)
+        return self.null_as if value is None else value
+
+
+def sort_keys(
+    *columns: InstrumentedAttribute[Any], **nullable: tuple[InstrumentedAttribute[Any], Any]
+) -> dict[str, SortKey]:
+    """Sortable keys by name: plain columns, and nullable ones given as (column, value for NULL)."""
+    keys = {c.key: SortKey(c) for c in columns}
+    keys.update({name: SortKey(col, null_as) for name, (col, null_as) in nullable.items()})
+    return keys
+
+
+@dataclass
+class Page(Generic[T]):
+    """One page of results and the cursor of the next (None on the last page)."""
+
+    items: list[T]
+    next_cursor: str | None
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return {"dt": value.isoformat()}
+    return value
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict) and "dt" in value:
+        return datetime.fromisoformat(value["dt"])
+    return value
+
+
+def encode_cursor(sort: str, values: Sequence[Any]) -> str:
+    raw = json.dumps({"s": sort, "v": [_encode(v) for v in values]}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, sort: str) -> list[Any]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        data = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        values = [_decode(v) for v in data["v"]]
+        if data["s"] != sort or len(values) != 2:
+            raise ValueError("cursor belongs to another sort order")
+    except (ValueError, KeyError, TypeError, binascii.Error, json.JSONDecodeError) as exc:
+        raise Invalid(f"cursor is not valid for sort {sort!r}; start again without a cursor", field="cursor") from exc
+    return values
+
+
+def paginate(
+    session: Session,
+    stmt: Select[Any],
+    *,
+    model: type,
+    sortable: Mapping[str, SortKey],
+    sort: str,
+    cursor: str | None,
+    limit: int,
+) -> Page[Any]:
+    """Run ``stmt`` ordered by ``sort`` (a key of ``sortable``, ``-`` prefix for descending) then id."""
+    descending = sort.startswith("-")
+    key = sort.lstrip("-")
+    if key not in sortable:
+        raise Invalid(f"cannot sort by {key!r}; choose one of {', '.join(sorted(sortable))}", field="sort")
+    sort_key = sortable[key]
+    column = sort_key.expr
+    pk = model.id  # type: ignore[attr-defined]
+    if cursor:
+        last_value, last_id = decode_cursor(cursor, sort)
+        after: ColumnElement[bool]
+        if descending:
+            after = or_(column < last_value, and_(column == last_value, pk < last_id))
+        else:
+            after = or_(column > last_value, and_(column == last_value, pk > last_id))
+        stmt = stmt.where(after)
+    order = (column.desc(), pk.desc()) if descending else (column.asc(), pk.asc())
+    rows = list(session.scalars(stmt.order_by(*order).limit(limit + 1)).all())
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        last = rows[-1]
+        next_cursor = encode_cursor(sort, [sort_key.value_of(last), last.id])
+    return Page(rows, next_cursor)

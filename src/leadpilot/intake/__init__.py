@@ -1,0 +1,1 @@
+"""Lead intake: read CSV/XLSX, map columns, validate and normalise, de-duplicate, import idempotently."""
