@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     default_phone_region: str = "US"
     sqlite_busy_timeout_ms: int = 30_000
     import_batch_size: int = Field(default=5_000, ge=1)
+    # Processes validating rows while the main process writes; 0 validates inline.
+    import_workers: int = Field(default_factory=lambda: max(1, min(4, (os.cpu_count() or 2) - 1)), ge=0)
 
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to a SQLite file under the data dir."""

@@ -46,6 +46,7 @@ def leads(
                 mapping_file=mapping,
                 default_region=cfg.default_phone_region,
                 batch_size=batch_size or cfg.import_batch_size,
+                workers=cfg.import_workers,
                 progress=progress,
             )
     if report is not None:

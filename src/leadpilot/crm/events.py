@@ -17,11 +17,12 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Engine, delete, event, insert, select
+from sqlalchemy import Engine, delete, event, select
 from sqlalchemy.orm import Session
 
 from leadpilot.crm.models import Event, OutboxEntry
 from leadpilot.db.base import utcnow
+from leadpilot.db.bulk import allocate_ids, bulk_insert
 
 log = logging.getLogger(__name__)
 
@@ -176,28 +177,28 @@ def append_event(
     return row
 
 
-def append_events_bulk(session: Session, rows: list[dict[str, Any]]) -> None:
-    """Append many events with one INSERT (bulk paths such as imports); delivered after commit too."""
+def append_events_bulk(session: Session, rows: list[dict[str, Any]]) -> list[int]:
+    """Append many events with one executemany (bulk paths such as imports); delivered after commit too."""
     if not rows:
-        return
+        return []
     now = utcnow()
-    for r in rows:
+    ids = allocate_ids(session, Event.__table__, len(rows))  # type: ignore[arg-type]
+    for event_id, r in zip(ids, rows, strict=True):
+        r["id"] = event_id
         r.setdefault("occurred_at", now)
         r.setdefault("recorded_at", now)
         r.setdefault("payload", {})
         r.setdefault("actor_id", None)
         r.setdefault("lead_id", None)
+    bulk_insert(session, Event.__table__, rows)  # type: ignore[arg-type]
+    if bus.publishing:
+        bulk_insert(session, OutboxEntry.__table__, [{"event_id": i} for i in ids])  # type: ignore[arg-type]
     if bus.publishing or bus.subscribers:
-        # Need ids back for outbox and subscribers.
-        result = session.execute(insert(Event).returning(Event.id, Event.occurred_at), rows)
-        ids = [r[0] for r in result.all()]
-        if bus.publishing:
-            session.execute(insert(OutboxEntry), [{"event_id": i} for i in ids])
         pending = session.info.setdefault(_PENDING, [])
-        for i, r in zip(ids, rows, strict=True):
-            pending.append(EventRecord(i, r["type"], r["lead_id"], r["actor_id"], r["occurred_at"], r["payload"]))
-    else:
-        session.execute(insert(Event), rows)
+        pending.extend(
+            EventRecord(r["id"], r["type"], r["lead_id"], r["actor_id"], r["occurred_at"], r["payload"]) for r in rows
+        )
+    return ids
 
 
 def _as_record(obj: Event | EventRecord) -> EventRecord:

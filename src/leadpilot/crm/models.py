@@ -24,6 +24,9 @@ from leadpilot.db.base import Base, JSONType, UTCDateTime, utcnow
 
 # Event ids grow without bound; SQLite needs INTEGER for its rowid alias.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
+# Tables whose ids bulk jobs reserve in blocks (db.bulk.allocate_ids): on SQLite ids then never reuse
+# a reserved value, because AUTOINCREMENT keeps the high-water mark in sqlite_sequence.
+AUTOINCREMENT = {"sqlite_autoincrement": True}
 
 
 def _in(column: str, values: type[StrEnum]) -> str:
@@ -141,7 +144,10 @@ class Account(TimestampMixin, Base):
     """The customer company or merchant behind leads."""
 
     __tablename__ = "accounts"
-    __table_args__ = (CheckConstraint(f"size IS NULL OR {_in('size', AccountSize)}", name="size"),)
+    __table_args__ = (
+        CheckConstraint(f"size IS NULL OR {_in('size', AccountSize)}", name="size"),
+        AUTOINCREMENT,
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(300), nullable=False)
@@ -156,7 +162,7 @@ class Contact(TimestampMixin, Base):
     """A person at an account; phone in E.164, consent and do-not-call kept for the dialer."""
 
     __tablename__ = "contacts"
-    __table_args__ = (CheckConstraint(_in("consent", Consent), name="consent"),)
+    __table_args__ = (CheckConstraint(_in("consent", Consent), name="consent"), AUTOINCREMENT)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id", ondelete="SET NULL"), index=True)
@@ -175,7 +181,9 @@ class Lead(TimestampMixin, Base):
         CheckConstraint(_in("stage", Stage), name="stage"),
         CheckConstraint("budget IS NULL OR budget >= 0", name="budget"),
         Index("ix_leads_created_at_id", "created_at", "id"),
-        Index("ix_leads_stage_owner", "stage", "owner_id"),
+        # Serves owner_id = ? (a salesperson's leads) and owner_id IS NULL AND stage IN (...) (the pool).
+        Index("ix_leads_owner_stage", "owner_id", "stage"),
+        AUTOINCREMENT,
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -183,15 +191,15 @@ class Lead(TimestampMixin, Base):
     account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id", ondelete="SET NULL"), index=True)
     contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id", ondelete="SET NULL"), index=True)
     product_line: Mapped[str | None] = mapped_column(String(80), index=True)
-    source: Mapped[str | None] = mapped_column(String(80), index=True)
+    source: Mapped[str | None] = mapped_column(String(80))
     region: Mapped[str | None] = mapped_column(String(120), index=True)
     budget: Mapped[float | None] = mapped_column(Float)
-    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), index=True)
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     team_id: Mapped[int | None] = mapped_column(ForeignKey("teams.id", ondelete="SET NULL"), index=True)
     stage: Mapped[str] = mapped_column(String(20), nullable=False, default=Stage.NEW.value)
     stage_changed_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow)
     lost_reason: Mapped[str | None] = mapped_column(String(300))
-    score: Mapped[float | None] = mapped_column(Float, index=True)
+    score: Mapped[float | None] = mapped_column(Float)
     score_transfer: Mapped[float | None] = mapped_column(Float)
     score_convert: Mapped[float | None] = mapped_column(Float)
     score_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -230,6 +238,7 @@ class Event(Base):
     __table_args__ = (
         Index("ix_events_lead_occurred", "lead_id", "occurred_at"),
         Index("ix_events_type_occurred", "type", "occurred_at"),
+        AUTOINCREMENT,
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import JSON, DateTime, MetaData, TypeDecorator
 from sqlalchemy.dialects.postgresql import JSONB
@@ -35,6 +37,23 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value.tzinfo is None:
             raise ValueError("naive datetime given; leadpilot stores aware UTC timestamps only")
         return value.astimezone(UTC)
+
+    def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
+        inner = super().bind_processor(dialect)
+        if inner is None:
+            return None
+        # Bulk inserts bind the same timestamp object thousands of times; convert it once.
+        slot: list[tuple[Any, Any]] = [(None, None)]
+
+        def process(value: Any) -> Any:
+            last_value, last_result = slot[0]  # one tuple read and one tuple write: thread-safe
+            if value is last_value and value is not None:
+                return last_result
+            result = inner(value)
+            slot[0] = (value, result)
+            return result
+
+        return process
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:

@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import multiprocessing
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from leadpilot.crm.access import SYSTEM, Actor
@@ -28,11 +32,16 @@ from leadpilot.crm.audit import audit
 from leadpilot.crm.events import EventType, append_events_bulk
 from leadpilot.crm.models import Account, Contact, ImportedRow, ImportRun, Lead, Stage
 from leadpilot.db.base import utcnow
+from leadpilot.db.bulk import bulk_insert, reserve_ids
 from leadpilot.intake.mapping import Mapping, MappingFile, build_mapping, load_mapping_file, mapping_as_dict
 from leadpilot.intake.reader import read_table
 from leadpilot.intake.validate import CleanRow, RowError, clean_row
 
 Progress = Callable[[int, int], None]
+# Plain strings: reading an Enum's .value costs more than it looks in a loop over 100,000 rows.
+NEW_STAGE = Stage.NEW.value
+LEAD_CREATED = EventType.LEAD_CREATED.value
+LEAD_MERGED = EventType.LEAD_MERGED.value
 MAX_STORED_ERRORS = 10_000
 LEAD_FILL = ("title", "source", "region", "budget", "notes", "external_id")
 CONTACT_FILL = {"contact_name": "name", "phone": "phone", "email": "email"}
@@ -96,25 +105,19 @@ class _Known:
             return self.by_phone[row.phone], "phone"
         if row.email and row.email in self.by_email:
             return self.by_email[row.email], "email"
-        key = _company_line(row)
+        key = row.company_line
         if key and key in self.by_company_line:
             return self.by_company_line[key], "company+product_line"
         return None, None
 
     def remember(self, lead_id: int, row: CleanRow) -> None:
-        if row.phone:
-            self.by_phone.setdefault(row.phone, lead_id)
-        if row.email:
-            self.by_email.setdefault(row.email, lead_id)
-        key = _company_line(row)
-        if key:
-            self.by_company_line.setdefault(key, lead_id)
-
-
-def _company_line(row: CleanRow) -> tuple[str, str] | None:
-    if not row.company_key:
-        return None
-    return row.company_key, (row.product_line or "").strip().lower()
+        if row.phone and row.phone not in self.by_phone:
+            self.by_phone[row.phone] = lead_id
+        if row.email and row.email not in self.by_email:
+            self.by_email[row.email] = lead_id
+        key = row.company_line
+        if key and key not in self.by_company_line:
+            self.by_company_line[key] = lead_id
 
 
 def _load_known(session: Session) -> _Known:
@@ -143,8 +146,8 @@ class _Pending:
     """A lead to be created in this batch, possibly with later rows of the batch merged into it."""
 
     row: CleanRow
+    lead_id: int
     merged_rows: list[tuple[CleanRow, str, dict[str, Any]]] = field(default_factory=list)
-    lead_id: int | None = None
 
 
 def _fill(
@@ -174,161 +177,167 @@ def _pending_as_dict(row: CleanRow) -> dict[str, Any]:
     return data
 
 
-class _BatchWriter:
-    """Applies one batch of clean rows in the caller's transaction."""
+def _source_name(dst: str) -> str:
+    reverse = {v: k for k, v in {**CONTACT_FILL, **ACCOUNT_FILL}.items()}
+    return reverse.get(dst, dst)
 
-    def __init__(self, session: Session, known: _Known, run_id: int, actor: Actor) -> None:
-        self.session, self.known, self.run_id, self.actor = session, known, run_id, actor
 
-    def apply(self, rows: list[CleanRow], summary: ImportSummary) -> None:
-        pending: list[_Pending] = []
-        provisional: dict[int, _Pending] = {}  # negative ids for leads not yet inserted
-        merges_db: dict[int, list[tuple[CleanRow, str]]] = {}
-        fingerprints: list[tuple[str, CleanRow, int | _Pending]] = []
-        for row in rows:
-            fp = row.fingerprint()
-            if fp in self.known.fingerprints:
+def _default_title(row: CleanRow) -> str:
+    who = row.company or row.contact_name or ""
+    return f"{who} · {row.product_line}" if row.product_line else who
+
+
+class _IdPool:
+    """Ids reserved for one table at the start of an import, handed out in order."""
+
+    def __init__(self, engine: Engine, model: type, count: int) -> None:
+        self.ids = reserve_ids(engine, model.__table__, count)  # type: ignore[attr-defined]
+        self.used = 0
+
+    def take(self, count: int) -> list[int]:
+        if self.used + count > len(self.ids):
+            raise RuntimeError("import reserved too few ids")  # cannot happen: one per row at most
+        taken = self.ids[self.used : self.used + count]
+        self.used += count
+        return taken
+
+
+@dataclass
+class _Plan:
+    """One batch, fully prepared with real ids, for the writer: inserts in foreign-key order, then merges."""
+
+    inserts: list[tuple[Any, list[dict[str, Any]]]]
+    merges: dict[int, list[tuple[CleanRow, str]]]
+    created_ids: list[int]
+
+
+class _Planner:
+    """Classifies clean rows (new, merge, already imported) and prepares insert rows; no database access."""
+
+    def __init__(self, known: _Known, pools: dict[str, _IdPool], run_id: int, actor: Actor) -> None:
+        self.known, self.pools, self.run_id, self.actor = known, pools, run_id, actor
+
+    def plan(self, rows: list[tuple[CleanRow, str]], summary: ImportSummary) -> _Plan | None:
+        known = self.known
+        new_rows = [(row, fp) for row, fp in rows if fp not in known.fingerprints]
+        summary.unchanged += len(rows) - len(new_rows)
+        if not new_rows:
+            return None
+        lead_ids = iter(self.pools["leads"].take(len(new_rows)))
+        pending: dict[int, _Pending] = {}
+        merges: dict[int, list[tuple[CleanRow, str]]] = {}
+        imported: list[dict[str, Any]] = []
+        for row, fp in new_rows:
+            if fp in known.fingerprints:  # the same row twice in one batch
                 summary.unchanged += 1
                 continue
-            self.known.fingerprints.add(fp)
-            lead_id, matched_by = self.known.match(row)
+            known.fingerprints.add(fp)
+            lead_id, matched_by = known.match(row)
             if lead_id is None:
-                item = _Pending(row)
-                pending.append(item)
-                pid = -len(pending)
-                provisional[pid] = item
-                self.known.remember(pid, row)
-                fingerprints.append((fp, row, item))
-            elif lead_id < 0:
-                item = provisional[lead_id]
-                fields = _pending_as_dict(item.row)
-                filled: dict[str, Any] = {}
-                conflicts: list[str] = []
-                for names in (LEAD_FILL, CONTACT_FILL, ACCOUNT_FILL):
-                    new_values, clashes = _fill(fields, row, names)
-                    filled.update(new_values)
-                    conflicts.extend(clashes)
-                    for name in new_values:
-                        setattr(item.row, _source_name(name), fields[name])
-                detail = {"filled": sorted(filled), "conflicts": sorted(conflicts)}
-                item.merged_rows.append((row, matched_by or "", detail))
-                self.known.remember(lead_id, row)
-                fingerprints.append((fp, row, item))
+                lead_id = next(lead_ids)
+                pending[lead_id] = _Pending(row, lead_id)
+                summary.created += 1
+            elif lead_id in pending:
+                self._merge_pending(pending[lead_id], row, matched_by or "")
                 summary.merged += 1
             else:
-                merges_db.setdefault(lead_id, []).append((row, matched_by or ""))
-                self.known.remember(lead_id, row)
-                fingerprints.append((fp, row, lead_id))
+                merges.setdefault(lead_id, []).append((row, matched_by or ""))
                 summary.merged += 1
-        created_ids = self._insert_new(pending)
-        merged_ids = self._merge_existing(merges_db)
-        summary.created += len(pending)
-        if not fingerprints:
-            return
-        self.session.execute(
-            insert(ImportedRow),
-            [
-                {
-                    "fingerprint": fp,
-                    "lead_id": target.lead_id if isinstance(target, _Pending) else target,
-                    "run_id": self.run_id,
-                }
-                for fp, _row, target in fingerprints
-            ],
-        )
-        if created_ids or merged_ids:
-            audit(
-                self.session,
-                self.actor,
-                "import",
-                "lead",
-                None,
-                {"run_id": self.run_id, "created": created_ids, "merged": merged_ids},
-            )
+            known.remember(lead_id, row)
+            imported.append({"fingerprint": fp, "lead_id": lead_id, "run_id": self.run_id})
+        inserts = self._new_lead_rows(list(pending.values()))
+        inserts.append((ImportedRow, imported))
+        return _Plan(inserts, merges, list(pending))
 
-    def _insert_new(self, pending: list[_Pending]) -> list[int]:
+    def _merge_pending(self, item: _Pending, row: CleanRow, matched_by: str) -> None:
+        fields = _pending_as_dict(item.row)
+        filled: dict[str, Any] = {}
+        conflicts: list[str] = []
+        for names in (LEAD_FILL, CONTACT_FILL, ACCOUNT_FILL):
+            new_values, clashes = _fill(fields, row, names)
+            filled.update(new_values)
+            conflicts.extend(clashes)
+            for name in new_values:
+                setattr(item.row, _source_name(name), fields[name])
+        item.merged_rows.append((row, matched_by, {"filled": sorted(filled), "conflicts": sorted(conflicts)}))
+
+    def _new_lead_rows(self, pending: list[_Pending]) -> list[tuple[Any, list[dict[str, Any]]]]:
         if not pending:
             return []
         now = utcnow()
-        session, known = self.session, self.known
+        known = self.known
         # Accounts: reuse an existing one with the same folded name, else create one per new name.
         new_accounts: dict[str, CleanRow] = {}
         for item in pending:
             key = item.row.company_key
             if key and key not in known.accounts and key not in new_accounts:
                 new_accounts[key] = item.row
-        if new_accounts:
-            ids = session.scalars(
-                insert(Account).returning(Account.id, sort_by_parameter_order=True),
-                [
-                    {
-                        "name": r.company,
-                        "name_key": k,
-                        "industry": r.industry,
-                        "region": r.region,
-                        "size": r.company_size,
-                        "created_at": now,
-                        "updated_at": now,
-                    }
-                    for k, r in new_accounts.items()
-                ],
-            ).all()
-            known.accounts.update(zip(new_accounts, ids, strict=True))
-        contact_rows = [item for item in pending if item.row.phone or item.row.email or item.row.contact_name]
-        contact_ids: dict[int, int] = {}
-        if contact_rows:
-            ids = session.scalars(
-                insert(Contact).returning(Contact.id, sort_by_parameter_order=True),
-                [
-                    {
-                        "account_id": known.accounts.get(i.row.company_key or ""),
-                        "name": i.row.contact_name or "",
-                        "phone": i.row.phone,
-                        "email": i.row.email,
-                        "consent": i.row.consent,
-                        "do_not_call": i.row.do_not_call,
-                        "created_at": now,
-                        "updated_at": now,
-                    }
-                    for i in contact_rows
-                ],
-            ).all()
-            contact_ids = {id(item): cid for item, cid in zip(contact_rows, ids, strict=True)}
-        lead_ids = session.scalars(
-            insert(Lead).returning(Lead.id, sort_by_parameter_order=True),
-            [
-                {
-                    "title": i.row.title or _default_title(i.row),
-                    "account_id": known.accounts.get(i.row.company_key or ""),
-                    "contact_id": contact_ids.get(id(i)),
-                    "product_line": i.row.product_line,
-                    "source": i.row.source or "import",
-                    "region": i.row.region,
-                    "budget": i.row.budget,
-                    "notes": i.row.notes or "",
-                    "external_id": i.row.external_id,
-                    "stage": Stage.NEW.value,
-                    "stage_changed_at": now,
-                    "version": 1,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-                for i in pending
-            ],
-        ).all()
+        account_rows: list[dict[str, Any]] = [
+            {
+                "id": account_id,
+                "name": r.company,
+                "name_key": k,
+                "industry": r.industry,
+                "region": r.region,
+                "size": r.company_size,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for account_id, (k, r) in zip(
+                self.pools["accounts"].take(len(new_accounts)), new_accounts.items(), strict=True
+            )
+        ]
+        for account in account_rows:
+            known.accounts[account["name_key"]] = account["id"]
+        with_contact = [i for i in pending if i.row.phone or i.row.email or i.row.contact_name]
+        contact_ids = self.pools["contacts"].take(len(with_contact))
+        contact_of = {item.lead_id: cid for item, cid in zip(with_contact, contact_ids, strict=True)}
+        contact_rows = [
+            {
+                "id": contact_of[i.lead_id],
+                "account_id": known.accounts.get(i.row.company_key or ""),
+                "name": i.row.contact_name or "",
+                "phone": i.row.phone,
+                "email": i.row.email,
+                "consent": i.row.consent,
+                "do_not_call": i.row.do_not_call,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for i in with_contact
+        ]
+        lead_rows = [
+            {
+                "id": i.lead_id,
+                "title": i.row.title or _default_title(i.row),
+                "account_id": known.accounts.get(i.row.company_key or ""),
+                "contact_id": contact_of.get(i.lead_id),
+                "product_line": i.row.product_line,
+                "source": i.row.source or "import",
+                "region": i.row.region,
+                "budget": i.row.budget,
+                "notes": i.row.notes or "",
+                "external_id": i.row.external_id,
+                "stage": NEW_STAGE,
+                "stage_changed_at": now,
+                "version": 1,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for i in pending
+        ]
         events: list[dict[str, Any]] = []
-        for item, lead_id in zip(pending, lead_ids, strict=True):
-            item.lead_id = lead_id
-            known.remember(lead_id, item.row)
+        actor_id, run_id = self.actor.id, self.run_id
+        for item in pending:
             events.append(
                 {
-                    "type": EventType.LEAD_CREATED.value,
-                    "lead_id": lead_id,
-                    "actor_id": self.actor.id,
+                    "type": LEAD_CREATED,
+                    "lead_id": item.lead_id,
+                    "actor_id": actor_id,
                     "occurred_at": now,
                     "payload": {
                         "via": "import",
-                        "run_id": self.run_id,
+                        "run_id": run_id,
                         "row": item.row.row,
                         "source": item.row.source or "import",
                         "product_line": item.row.product_line,
@@ -338,84 +347,140 @@ class _BatchWriter:
             for row, matched_by, detail in item.merged_rows:
                 events.append(
                     {
-                        "type": EventType.LEAD_MERGED.value,
-                        "lead_id": lead_id,
-                        "actor_id": self.actor.id,
+                        "type": LEAD_MERGED,
+                        "lead_id": item.lead_id,
+                        "actor_id": actor_id,
                         "occurred_at": now,
-                        "payload": {"run_id": self.run_id, "row": row.row, "matched_by": matched_by, **detail},
+                        "payload": {"run_id": run_id, "row": row.row, "matched_by": matched_by, **detail},
                     }
                 )
-        # Provisional (negative) ids in the index now point at the real ids.
-        for lookup in (known.by_phone, known.by_email, known.by_company_line):
-            for lookup_key, value in list(lookup.items()):
-                if value < 0:
-                    lookup[lookup_key] = lead_ids[-value - 1]  # type: ignore[index]
-        append_events_bulk(self.session, events)
-        return list(lead_ids)
+        return [(Account, account_rows), (Contact, contact_rows), (Lead, lead_rows), ("events", events)]
 
-    def _merge_existing(self, merges: dict[int, list[tuple[CleanRow, str]]]) -> list[int]:
-        if not merges:
-            return []
-        session = self.session
-        now = utcnow()
-        leads = {lead.id: lead for lead in session.scalars(select(Lead).where(Lead.id.in_(merges)))}
-        contact_ids = [lead.contact_id for lead in leads.values() if lead.contact_id]
-        contacts = {c.id: c for c in session.scalars(select(Contact).where(Contact.id.in_(contact_ids)))}
-        account_ids = [lead.account_id for lead in leads.values() if lead.account_id]
-        accounts = {a.id: a for a in session.scalars(select(Account).where(Account.id.in_(account_ids)))}
-        events: list[dict[str, Any]] = []
-        for lead_id, rows in merges.items():
-            lead = leads.get(lead_id)
-            if lead is None:
-                continue  # deleted since the index was loaded; the row's fingerprint still marks it done
-            contact = contacts.get(lead.contact_id or -1)
-            account = accounts.get(lead.account_id or -1)
-            lead_vals = {n: getattr(lead, n) for n in LEAD_FILL}
-            contact_vals = {n: getattr(contact, n) for n in ("name", "phone", "email")} if contact else {}
-            account_vals = {n: getattr(account, n) for n in ("industry", "region", "size")} if account else {}
-            for row, matched_by in rows:
-                filled_l, conf_l = _fill(lead_vals, row, LEAD_FILL)
-                filled_c, conf_c = _fill(contact_vals, row, CONTACT_FILL) if contact else ({}, [])
-                filled_a, conf_a = _fill(account_vals, row, ACCOUNT_FILL) if account else ({}, [])
-                if filled_l:
-                    session.execute(
-                        update(Lead)
-                        .where(Lead.id == lead_id)
-                        .values(**filled_l, updated_at=now, version=Lead.version + 1)
-                        .execution_options(synchronize_session=False)
-                    )
-                if filled_c and contact:
-                    session.execute(update(Contact).where(Contact.id == contact.id).values(**filled_c, updated_at=now))
-                if filled_a and account:
-                    session.execute(update(Account).where(Account.id == account.id).values(**filled_a, updated_at=now))
-                filled = sorted([*filled_l, *(f"contact.{k}" for k in filled_c), *(f"account.{k}" for k in filled_a)])
-                events.append(
-                    {
-                        "type": EventType.LEAD_MERGED.value,
-                        "lead_id": lead_id,
-                        "actor_id": self.actor.id,
-                        "occurred_at": now,
-                        "payload": {
-                            "run_id": self.run_id,
-                            "row": row.row,
-                            "matched_by": matched_by,
-                            "filled": filled,
-                            "conflicts": sorted([*conf_l, *conf_c, *conf_a]),
-                        },
-                    }
+
+def _write_plan(session: Session, plan: _Plan, run_id: int, actor: Actor) -> None:
+    """Apply a prepared batch in the session's transaction (the writer side)."""
+    for target, rows in plan.inserts:
+        if not rows:
+            continue
+        if target == "events":
+            append_events_bulk(session, rows)
+        else:
+            bulk_insert(session, target.__table__, rows)
+    merged_ids = _merge_existing(session, plan.merges, run_id, actor)
+    if plan.created_ids or merged_ids:
+        audit(
+            session,
+            actor,
+            "import",
+            "lead",
+            None,
+            {"run_id": run_id, "created": plan.created_ids, "merged": merged_ids},
+        )
+
+
+def _merge_existing(
+    session: Session, merges: dict[int, list[tuple[CleanRow, str]]], run_id: int, actor: Actor
+) -> list[int]:
+    """Fill empty fields of already stored leads (and their contact and account) from matching rows."""
+    if not merges:
+        return []
+    now = utcnow()
+    leads = {lead.id: lead for lead in session.scalars(select(Lead).where(Lead.id.in_(merges)))}
+    contact_ids = [lead.contact_id for lead in leads.values() if lead.contact_id]
+    contacts = {c.id: c for c in session.scalars(select(Contact).where(Contact.id.in_(contact_ids)))}
+    account_ids = [lead.account_id for lead in leads.values() if lead.account_id]
+    accounts = {a.id: a for a in session.scalars(select(Account).where(Account.id.in_(account_ids)))}
+    events: list[dict[str, Any]] = []
+    for lead_id, rows in merges.items():
+        lead = leads.get(lead_id)
+        if lead is None:
+            continue  # deleted since the index was loaded; the row's fingerprint still marks it done
+        contact = contacts.get(lead.contact_id or -1)
+        account = accounts.get(lead.account_id or -1)
+        lead_vals = {n: getattr(lead, n) for n in LEAD_FILL}
+        contact_vals = {n: getattr(contact, n) for n in ("name", "phone", "email")} if contact else {}
+        account_vals = {n: getattr(account, n) for n in ("industry", "region", "size")} if account else {}
+        for row, matched_by in rows:
+            filled_l, conf_l = _fill(lead_vals, row, LEAD_FILL)
+            filled_c, conf_c = _fill(contact_vals, row, CONTACT_FILL) if contact else ({}, [])
+            filled_a, conf_a = _fill(account_vals, row, ACCOUNT_FILL) if account else ({}, [])
+            if filled_l:
+                session.execute(
+                    update(Lead)
+                    .where(Lead.id == lead_id)
+                    .values(**filled_l, updated_at=now, version=Lead.version + 1)
+                    .execution_options(synchronize_session=False)
                 )
-        append_events_bulk(session, events)
-        return sorted(merges)
+            if filled_c and contact:
+                session.execute(update(Contact).where(Contact.id == contact.id).values(**filled_c, updated_at=now))
+            if filled_a and account:
+                session.execute(update(Account).where(Account.id == account.id).values(**filled_a, updated_at=now))
+            filled = sorted([*filled_l, *(f"contact.{k}" for k in filled_c), *(f"account.{k}" for k in filled_a)])
+            events.append(
+                {
+                    "type": LEAD_MERGED,
+                    "lead_id": lead_id,
+                    "actor_id": actor.id,
+                    "occurred_at": now,
+                    "payload": {
+                        "run_id": run_id,
+                        "row": row.row,
+                        "matched_by": matched_by,
+                        "filled": filled,
+                        "conflicts": sorted([*conf_l, *conf_c, *conf_a]),
+                    },
+                }
+            )
+    append_events_bulk(session, events)
+    return sorted(merges)
 
 
-def _source_name(dst: str) -> str:
-    reverse = {v: k for k, v in {**CONTACT_FILL, **ACCOUNT_FILL}.items()}
-    return reverse.get(dst, dst)
+Validated = tuple[int, list[tuple[CleanRow, str]], list[RowError]]
 
 
-def _default_title(row: CleanRow) -> str:
-    who = row.company or row.contact_name or ""
-    return f"{who} · {row.product_line}" if row.product_line else who
+def validate_chunk(chunk: list[tuple[int, list[str]]], mapping: Mapping, region: str) -> Validated:
+    """Validate a chunk of rows: (rows seen, clean rows with fingerprints, errors). Runs in a worker process."""
+    clean: list[tuple[CleanRow, str]] = []
+    errors: list[RowError] = []
+    for number, cells in chunk:
+        result = clean_row(number, cells, mapping, region)
+        if isinstance(result, list):
+            errors.extend(result)
+        else:
+            clean.append((result, result.fingerprint()))
+    return len(chunk), clean, errors
+
+
+def _chunks(rows: Iterable[tuple[int, list[str]]], size: int) -> Iterator[list[tuple[int, list[str]]]]:
+    chunk: list[tuple[int, list[str]]] = []
+    for item in rows:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def validated_chunks(
+    rows: Iterable[tuple[int, list[str]]], mapping: Mapping, region: str, *, chunk_size: int, workers: int
+) -> Iterator[Validated]:
+    """Validate rows in order; with workers > 0, in worker processes while the caller writes to the database."""
+    chunks = _chunks(rows, chunk_size)
+    if workers <= 0:
+        for chunk in chunks:
+            yield validate_chunk(chunk, mapping, region)
+        return
+    # fork starts in milliseconds but is unsafe in a process with other threads; forkserver is safe.
+    context = multiprocessing.get_context("fork" if threading.active_count() == 1 else "forkserver")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        in_flight: deque[Future[Validated]] = deque()
+        for chunk in chunks:
+            in_flight.append(pool.submit(validate_chunk, chunk, mapping, region))
+            if len(in_flight) > workers:
+                yield in_flight.popleft().result()
+        while in_flight:
+            yield in_flight.popleft().result()
 
 
 def file_sha256(path: Path) -> str:
@@ -434,6 +499,7 @@ def import_leads(
     actor: Actor = SYSTEM,
     default_region: str = "US",
     batch_size: int = 5000,
+    workers: int = 1,
     progress: Progress | None = None,
 ) -> ImportSummary:
     """Import leads from a CSV or XLSX file; valid rows are kept, invalid ones reported per row."""
@@ -458,33 +524,32 @@ def import_leads(
         encoding=table.encoding,
         delimiter=table.delimiter,
     )
-    batch: list[CleanRow] = []
     done = 0
-
-    def flush() -> None:
-        nonlocal batch
-        if not batch:
-            return
-        with Session(engine, expire_on_commit=False) as session:
-            _BatchWriter(session, known, run.id, actor).apply(batch, summary)
-            session.commit()
-        batch = []
-
+    # Worker processes pay off only when there is more than a batch or two to validate.
+    use_workers = workers if table.total_rows > 2 * batch_size else 0
+    # One id per row at most for each table a row can add to; unused ids are simply skipped.
+    room = max(table.total_rows, 1)
+    pools = {
+        name: _IdPool(engine, model, room)
+        for name, model in (("accounts", Account), ("contacts", Contact), ("leads", Lead))
+    }
+    planner = _Planner(known, pools, run.id, actor)
     try:
-        for number, cells in table.rows:
-            summary.total_rows += 1
-            result = clean_row(number, cells, mapping, region)
-            if isinstance(result, list):
-                summary.rejected += 1
-                summary.errors.extend(result)
-            else:
-                batch.append(result)
-            done += 1
-            if len(batch) >= batch_size:
-                flush()
-            if progress and done % 1000 == 0:
+        for seen, clean, errors in validated_chunks(
+            table.rows, mapping, region, chunk_size=batch_size, workers=use_workers
+        ):
+            summary.total_rows += seen
+            summary.rejected += len({e.row for e in errors})
+            summary.errors.extend(errors)
+            plan = planner.plan(clean, summary)
+            if plan is not None:
+                # One transaction per batch: a crash loses at most this batch, and a re-run redoes it.
+                with Session(engine, expire_on_commit=False) as session:
+                    _write_plan(session, plan, run.id, actor)
+                    session.commit()
+            done += seen
+            if progress:
                 progress(done, table.total_rows)
-        flush()
         status = "done"
     except BaseException:
         status = "failed"
@@ -505,8 +570,6 @@ def import_leads(
                 )
             )
             session.commit()
-    if progress:
-        progress(done, table.total_rows)
     return summary
 
 

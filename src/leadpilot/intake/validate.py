@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 
 from leadpilot.crm.errors import Invalid
 from leadpilot.crm.models import AccountSize, Consent
@@ -88,13 +87,16 @@ class CleanRow:
     external_id: str | None = None
     consent: str = Consent.UNKNOWN.value
     do_not_call: bool = False
+    # (folded company name, lower-cased product line): the company + product line de-duplication key.
+    company_line: tuple[str, str] | None = None
 
     def fingerprint(self) -> str:
         """Hash of the normalised values (not the row number): the same row imported twice is a no-op."""
-        values = asdict(self)
-        values.pop("row")
-        blob = json.dumps(values, sort_keys=True, ensure_ascii=False, default=str)
+        blob = "\x1f".join("" if (v := getattr(self, name)) is None else str(v) for name in _FINGERPRINT_FIELDS)
         return hashlib.sha256(blob.encode()).hexdigest()
+
+
+_FINGERPRINT_FIELDS = tuple(f.name for f in fields(CleanRow) if f.name not in ("row", "company_line"))
 
 
 def parse_amount(text: str) -> float:
@@ -165,4 +167,6 @@ def clean_row(number: int, cells: list[str], mapping: Mapping, default_region: s
         return errors
     if row.company:
         row.company_key = company_key(row.company) or None
+        if row.company_key:
+            row.company_line = (row.company_key, (row.product_line or "").strip().lower())
     return row

@@ -68,6 +68,7 @@ def upgrade() -> None:
             name=op.f("ck_accounts_size"),
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_accounts")),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("accounts", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_accounts_name_key"), ["name_key"], unique=False)
@@ -106,6 +107,7 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_events")),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("events", schema=None) as batch_op:
         batch_op.create_index("ix_events_lead_occurred", ["lead_id", "occurred_at"], unique=False)
@@ -186,6 +188,7 @@ def upgrade() -> None:
             ["account_id"], ["accounts.id"], name=op.f("fk_contacts_account_id_accounts"), ondelete="SET NULL"
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_contacts")),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("contacts", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_contacts_account_id"), ["account_id"], unique=False)
@@ -271,18 +274,16 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["owner_id"], ["users.id"], name=op.f("fk_leads_owner_id_users"), ondelete="SET NULL"),
         sa.ForeignKeyConstraint(["team_id"], ["teams.id"], name=op.f("fk_leads_team_id_teams"), ondelete="SET NULL"),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_leads")),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("leads", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_leads_account_id"), ["account_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_leads_contact_id"), ["contact_id"], unique=False)
         batch_op.create_index("ix_leads_created_at_id", ["created_at", "id"], unique=False)
         batch_op.create_index(batch_op.f("ix_leads_external_id"), ["external_id"], unique=False)
-        batch_op.create_index(batch_op.f("ix_leads_owner_id"), ["owner_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_leads_product_line"), ["product_line"], unique=False)
         batch_op.create_index(batch_op.f("ix_leads_region"), ["region"], unique=False)
-        batch_op.create_index(batch_op.f("ix_leads_score"), ["score"], unique=False)
-        batch_op.create_index(batch_op.f("ix_leads_source"), ["source"], unique=False)
-        batch_op.create_index("ix_leads_stage_owner", ["stage", "owner_id"], unique=False)
+        batch_op.create_index("ix_leads_owner_stage", ["owner_id", "stage"], unique=False)
         batch_op.create_index(batch_op.f("ix_leads_team_id"), ["team_id"], unique=False)
 
     op.create_table(
@@ -327,12 +328,9 @@ def downgrade() -> None:
     op.drop_table("tasks")
     with op.batch_alter_table("leads", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_leads_team_id"))
-        batch_op.drop_index("ix_leads_stage_owner")
-        batch_op.drop_index(batch_op.f("ix_leads_source"))
-        batch_op.drop_index(batch_op.f("ix_leads_score"))
+        batch_op.drop_index("ix_leads_owner_stage")
         batch_op.drop_index(batch_op.f("ix_leads_region"))
         batch_op.drop_index(batch_op.f("ix_leads_product_line"))
-        batch_op.drop_index(batch_op.f("ix_leads_owner_id"))
         batch_op.drop_index(batch_op.f("ix_leads_external_id"))
         batch_op.drop_index("ix_leads_created_at_id")
         batch_op.drop_index(batch_op.f("ix_leads_contact_id"))

@@ -1,0 +1,89 @@
+"""Fast bulk inserts: ids reserved up front, then one executemany per table (no ORM unit of work).
+
+Reserving ids before inserting lets a job link rows (lead → contact → account, event → lead) without a
+RETURNING round trip, and lets it prepare the next batch while the previous one is being written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import chain
+from typing import Any
+
+from sqlalchemy import Engine, Table, text
+from sqlalchemy.orm import Session
+
+# SQLite's default limit on bound parameters per statement (SQLITE_MAX_VARIABLE_NUMBER, 3.32+).
+SQLITE_MAX_VARIABLES = 32_766
+
+
+def allocate_ids(session: Session, table: Table, count: int) -> list[int]:
+    """Reserve ``count`` new primary-key values of ``table`` in the session's transaction.
+
+    PostgreSQL: values from the table's sequence. SQLite: the table is AUTOINCREMENT, so bumping its
+    sqlite_sequence entry reserves the block; later inserts, ours or anyone's, get ids above it.
+    """
+    if count <= 0:
+        return []
+    name = table.name
+    if session.get_bind().dialect.name == "postgresql":
+        rows = session.execute(
+            text("SELECT nextval(pg_get_serial_sequence(:t, 'id')) FROM generate_series(1, :n)"),
+            {"t": name, "n": count},
+        )
+        return [r[0] for r in rows]
+    if not table.dialect_options["sqlite"].get("autoincrement"):
+        raise ValueError(f"table {name} must be sqlite_autoincrement=True to reserve ids")
+    seq = session.execute(text("SELECT seq FROM sqlite_sequence WHERE name = :t"), {"t": name}).scalar()
+    top = session.execute(text(f'SELECT COALESCE(MAX(id), 0) FROM "{name}"')).scalar_one()  # noqa: S608
+    start = max(seq or 0, top)
+    if seq is None:
+        session.execute(
+            text("INSERT INTO sqlite_sequence (name, seq) VALUES (:t, :s)"), {"t": name, "s": start + count}
+        )
+    else:
+        session.execute(text("UPDATE sqlite_sequence SET seq = :s WHERE name = :t"), {"t": name, "s": start + count})
+    return list(range(start + 1, start + 1 + count))
+
+
+def reserve_ids(engine: Engine, table: Table, count: int) -> list[int]:
+    """Reserve ids in a short transaction of their own (a bulk job fills them in later batches)."""
+    with Session(engine) as session:
+        ids = allocate_ids(session, table, count)
+        session.commit()
+    return ids
+
+
+def bulk_insert(session: Session, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert many rows (all with the keys of the first) with one executemany; types processed as usual."""
+    if not rows:
+        return
+    conn = session.connection()
+    dialect = conn.dialect
+    if dialect.name != "sqlite":
+        conn.execute(table.insert(), list(rows))
+        return
+    # SQLite: values processed column by column (a constant column, such as a batch timestamp, once),
+    # then the driver's executemany; Core's per-row parameter building costs more than SQLite's insert.
+    names = list(rows[0])
+    columns: list[list[Any]] = []
+    for name in names:
+        values = [row[name] for row in rows]
+        processor = table.c[name].type._cached_bind_processor(dialect)
+        if processor is not None:
+            first = values[0]
+            if all(v is first for v in values):
+                values = [processor(first)] * len(values)
+            else:
+                values = list(map(processor, values))
+        columns.append(values)
+    quoted = ", ".join(f'"{name}"' for name in names)
+    # Multi-row VALUES statements instead of executemany: one sqlite3_step per statement instead of per
+    # row, so a writer thread gives up the GIL for a whole statement (no convoy with the planning thread).
+    per_statement = max(1, SQLITE_MAX_VARIABLES // len(names))
+    one_row = "(" + ", ".join("?" * len(names)) + ")"
+    tuples = list(zip(*columns, strict=True))
+    for start in range(0, len(tuples), per_statement):
+        chunk = tuples[start : start + per_statement]
+        sql = f'INSERT INTO "{table.name}" ({quoted}) VALUES ' + ", ".join([one_row] * len(chunk))  # noqa: S608
+        conn.exec_driver_sql(sql, tuple(chain.from_iterable(chunk)))
