@@ -33,11 +33,14 @@ def leads(
         console=console,
         transient=True,
         disable=json_out,
+        # No refresh thread: the importer forks validation workers, which is only safe single-threaded.
+        auto_refresh=False,
     ) as bar:
         task = bar.add_task(file.name, total=None)
 
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total or None)
+            bar.refresh()
 
         with domain_errors():
             summary = import_leads(
