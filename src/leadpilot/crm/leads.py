@@ -213,15 +213,18 @@ def change_stage(session: Session, *, actor: Actor, lead_id: int, stage: Stage, 
 
 
 def _pool_miss_reason(session: Session, actor: Actor, lead_id: int) -> Exception:
-    lead = session.scalar(
-        select(Lead).where(Lead.id == lead_id, lead_scope(actor)).execution_options(populate_existing=True)
-    )
+    """Why a claim missed: 404 if there is no such lead, else 409 (a lost race must read as a conflict)."""
+    lead = session.scalar(select(Lead).where(Lead.id == lead_id).execution_options(populate_existing=True))
     if lead is None:
         return NotFound(f"lead {lead_id} not found")
+    if lead.owner_id == actor.id:
+        return Conflict(f"lead {lead_id} is already yours")
     if lead.owner_id is not None:
-        who = "you" if lead.owner_id == actor.id else "someone else"
-        return Conflict(f"lead {lead_id} is already owned by {who}")
-    return Conflict(f"lead {lead_id} is not in the claim pool (stage {lead.stage!r})")
+        return Conflict(f"lead {lead_id} was already claimed by someone else")
+    # Stage details only for leads the actor may see; ids are not secret, contents are.
+    visible = session.scalar(select(Lead.id).where(Lead.id == lead_id, lead_scope(actor))) is not None
+    detail = f" (stage {lead.stage!r})" if visible else ""
+    return Conflict(f"lead {lead_id} is not in the claim pool{detail}")
 
 
 def claim_lead(session: Session, *, actor: Actor, lead_id: int) -> Lead:
