@@ -17,7 +17,7 @@ from leadpilot.crm.errors import DomainError
 from leadpilot.db.engine import get_engine
 from leadpilot.db.migrate import current_revision, head_revision
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # never break a message in the middle
 
 
 def settings() -> Settings:

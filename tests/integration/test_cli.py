@@ -1,0 +1,102 @@
+"""The leadpilot command line against a real SQLite database in a temporary data dir."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from leadpilot.cli.main import app
+from leadpilot.config import get_settings
+from leadpilot.db.engine import _cached_engine
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A fresh data dir and SQLite database for the CLI, with the settings cache cleared around the test."""
+    monkeypatch.setenv("LEADPILOT_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("LEADPILOT_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")
+    monkeypatch.delenv("LEADPILOT_SECRET_KEY", raising=False)
+    get_settings.cache_clear()
+    _cached_engine.cache_clear()
+    yield tmp_path
+    get_settings.cache_clear()
+    _cached_engine.cache_clear()
+
+
+def run(*args: str) -> dict | list:
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout) if "--json" in args else {}
+
+
+def test_init_is_idempotent_and_creates_a_private_secret(cli_env: Path) -> None:
+    first = run("init", "--json")
+    second = run("init", "--json")
+    assert first["revision"] == second["revision"] == run("db", "current", "--json")["head"]
+    key = cli_env / "data" / "secret_key"
+    assert key.exists() and oct(key.stat().st_mode & 0o777) == "0o600"
+
+
+def test_commands_refuse_an_unmigrated_database(cli_env: Path) -> None:
+    result = runner.invoke(app, ["users", "list"])
+    assert result.exit_code == 1
+    assert "leadpilot init" in result.output
+
+
+def test_teams_and_users(cli_env: Path) -> None:
+    run("init")
+    run("teams", "create", "Sales", "--kind", "sales", "--json")
+    east = run("teams", "create", "East", "--kind", "sales", "--parent", "Sales", "--json")
+    user = run(
+        "users",
+        "create",
+        "ann",
+        "--role",
+        "sales",
+        "--password",
+        "long-enough-pw",
+        "--team",
+        "East",
+        "--product-line",
+        "housing",
+        "--region",
+        "Beijing",
+        "--capacity",
+        "12",
+        "--json",
+    )
+    assert user["team_id"] == east["id"] and user["product_lines"] == ["housing"] and user["daily_capacity"] == 12
+    users = run("users", "list", "--json")
+    assert [u["username"] for u in users] == ["ann"]
+    dup = runner.invoke(app, ["users", "create", "ann", "--role", "sales", "--password", "long-enough-pw"])
+    assert dup.exit_code == 1 and "taken" in dup.output
+    bad_team = runner.invoke(
+        app, ["users", "create", "bo", "--role", "sales", "--password", "pw-long-enough", "--team", "Nope"]
+    )
+    assert bad_team.exit_code == 1 and "does not exist" in bad_team.output
+
+
+def test_demo_sets_up_an_org_and_imports_the_sample(cli_env: Path) -> None:
+    data = run("demo", "--no-serve", "--json")
+    assert set(data["logins"]) >= {"admin", "sup_sales", "alice", "screener"}
+    summary = data["import"]
+    assert summary["rejected"] == 4 and summary["created"] > 40 and summary["merged"] == 2
+    assert {e["field"] for e in summary["errors"]} == {"phone", "company", "email", "budget"}
+    again = run("demo", "--no-serve", "--json")  # idempotent: same logins, nothing re-imported
+    assert again["logins"] == data["logins"]
+    assert again["import"]["created"] == 0 and again["import"]["unchanged"] == summary["created"] + 2
+    stats = run("events", "stats", "--json")
+    assert stats["lead_created"] == summary["created"] and stats["lead_merged"] == 2
+    assert stats["assign"] > 0 and stats["stage_change"] > 0
+
+
+def test_relay_needs_redis_configured(cli_env: Path) -> None:
+    run("init")
+    result = runner.invoke(app, ["events", "relay"])
+    assert result.exit_code == 1 and "LEADPILOT_REDIS_URL" in result.output
