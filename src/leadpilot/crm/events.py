@@ -126,18 +126,17 @@ class EventBus:
         return self._redis
 
     def publish(self, records: Iterable[EventRecord]) -> list[int]:
-        """XADD each record to the stream; returns ids published (stops at the first failure)."""
-        done: list[int] = []
+        """XADD the records to the stream in one pipeline; returns the ids published (none on failure)."""
+        batch = list(records)
         try:
             pipe = self.client().pipeline(transaction=False)
-            batch = list(records)
             for rec in batch:
                 pipe.xadd(self.stream, rec.to_stream_fields())
             pipe.execute()
-            done = [r.id for r in batch]
         except Exception as exc:  # Redis down: the outbox keeps them for the relay
-            log.warning("publishing %s events to Redis failed: %s", len(done), exc)
-        return done
+            log.warning("publishing %s events to Redis failed (kept in the outbox): %s", len(batch), exc)
+            return []
+        return [r.id for r in batch]
 
     def deliver(self, records: list[EventRecord]) -> None:
         for fn in list(self.subscribers):
