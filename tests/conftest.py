@@ -102,8 +102,9 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
 
 @pytest.fixture
 def sqlite_engine(sqlite_template: Path, tmp_path: Path) -> Iterator[Engine]:
-    """A migrated, empty SQLite database only (for tests that need no backend parity)."""
-    path = tmp_path / "leadpilot.db"
+    """A migrated, empty SQLite database only (for tests that need no backend parity); never the same file
+    as ``engine``'s, so a test may use both."""
+    path = tmp_path / "sqlite-only.db"
     shutil.copy(sqlite_template, path)
     eng = make_engine(f"sqlite:///{path}")
     yield eng

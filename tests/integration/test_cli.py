@@ -82,18 +82,42 @@ def test_teams_and_users(cli_env: Path) -> None:
     assert bad_team.exit_code == 1 and "does not exist" in bad_team.output
 
 
-def test_demo_sets_up_an_org_and_imports_the_sample(cli_env: Path) -> None:
-    data = run("demo", "--no-serve", "--json")
-    assert set(data["logins"]) >= {"admin", "sup_sales", "alice", "screener"}
+def test_demo_simulates_a_company_and_imports_the_sample(cli_env: Path) -> None:
+    data = run("demo", "--scale", "tiny", "--no-serve", "--json")
+    assert set(data["logins"]) == {"admin", "sup_all", "sup_01", "sales_0001", "sales_0002", "screener_001"}
+    assert data["simulation"]["leads"] > 1000 and data["simulation"]["events"] > 10_000
     summary = data["import"]
     assert summary["rejected"] == 4 and summary["created"] > 40 and summary["merged"] == 2
     assert {e["field"] for e in summary["errors"]} == {"phone", "company", "email", "budget"}
-    again = run("demo", "--no-serve", "--json")  # idempotent: same logins, nothing re-imported
-    assert again["logins"] == data["logins"]
+    again = run("demo", "--scale", "tiny", "--no-serve", "--json")  # idempotent: same logins, nothing new
+    assert again["logins"] == data["logins"] and again["simulation"] == {}
     assert again["import"]["created"] == 0 and again["import"]["unchanged"] == summary["created"] + 2
     stats = run("events", "stats", "--json")
-    assert stats["lead_created"] == summary["created"] and stats["lead_merged"] == 2
-    assert stats["assign"] > 0 and stats["stage_change"] > 0
+    assert stats["lead_created"] == data["simulation"]["leads"] + summary["created"]
+    assert stats["assign"] > 0 and stats["contract_signed"] > 0
+
+
+def test_demo_logins_work_against_the_api(cli_env: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from leadpilot.api.app import app_from_env
+
+    data = run("demo", "--scale", "tiny", "--no-serve", "--json")
+    with TestClient(app_from_env()) as client:
+        seen = {}
+        for username, password in data["logins"].items():
+            r = client.post("/api/v1/auth/token", data={"username": username, "password": password})
+            assert r.status_code == 200, username
+            headers = {"Authorization": f"Bearer {r.json()['access_token']}"}
+            me = client.get("/api/v1/auth/me", headers=headers).json()
+            leads = client.get("/api/v1/leads", headers=headers, params={"limit": 500}).json()["items"]
+            seen[username] = (me, leads)
+    sales_id = seen["sales_0001"][0]["id"]
+    assert seen["sales_0001"][1] and all(
+        lead["owner_id"] == sales_id or (lead["owner_id"] is None and lead["stage"] in ("qualified", "recycled"))
+        for lead in seen["sales_0001"][1]
+    )
+    assert all(lead["stage"] in ("new", "screening") for lead in seen["screener_001"][1])
 
 
 def test_relay_needs_redis_configured(cli_env: Path) -> None:
