@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Values that must never be used as a signing key in production.
@@ -42,6 +42,16 @@ class Settings(BaseSettings):
     import_batch_size: int = Field(default=5_000, ge=1)
     # Processes validating rows while the main process writes; 0 validates inline.
     import_workers: int = Field(default_factory=lambda: max(1, min(4, (os.cpu_count() or 2) - 1)), ge=0)
+
+    @field_validator("default_phone_region")
+    @classmethod
+    def _known_region(cls, value: str) -> str:
+        import phonenumbers
+
+        region = value.strip().upper()
+        if region not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"unknown phone region {value!r}; use an ISO 3166 code such as US or CN")
+        return region
 
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to a SQLite file under the data dir."""

@@ -37,3 +37,9 @@ def test_placeholder_secret_refused_in_production(tmp_path: Path, placeholder: s
         settings.resolved_secret_key()
     dev = Settings(environment="development", secret_key="changeme", data_dir=tmp_path, _env_file=None)  # type: ignore[call-arg]
     assert dev.resolved_secret_key() == "changeme"
+
+
+def test_phone_region_is_checked_and_upper_cased() -> None:
+    assert Settings(default_phone_region="cn", _env_file=None).default_phone_region == "CN"  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="unknown phone region"):
+        Settings(default_phone_region="XX", _env_file=None)  # type: ignore[call-arg]

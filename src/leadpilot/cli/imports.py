@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from leadpilot.cli.common import console, domain_errors, emit_json, engine, require_migrated, settings
+from leadpilot.cli.common import console, domain_errors, emit_json, engine, fail, require_migrated, settings
 from leadpilot.intake.importer import import_leads, write_error_report
 
 app = typer.Typer(help="Import data from files.", no_args_is_help=True)
@@ -25,6 +25,8 @@ def leads(
     cfg = settings()
     eng = engine()
     require_migrated(eng)
+    if report is not None and not report.parent.resolve().is_dir():
+        fail(f"cannot write the report: folder {report.parent} does not exist")
     with Progress(
         TextColumn("importing {task.description}"),
         BarColumn(),
@@ -53,7 +55,8 @@ def leads(
                 progress=progress,
             )
     if report is not None:
-        write_error_report(summary.errors, report)
+        with domain_errors():
+            write_error_report(summary.errors, report)
     if json_out:
         emit_json(summary.to_json())
         return

@@ -7,7 +7,7 @@ the same state as one clean run.
 
 De-duplication: a row matching an existing lead by phone, by e-mail, or by company + product line
 is merged into it: empty fields are filled, nothing is overwritten, and a lead_merged event records
-what was filled and what conflicted.
+what was filled and what conflicted. A lead without a contact (or account) gets one from the row.
 """
 
 from __future__ import annotations
@@ -29,10 +29,11 @@ from sqlalchemy.orm import Session
 
 from leadpilot.crm.access import SYSTEM, Actor
 from leadpilot.crm.audit import audit
+from leadpilot.crm.errors import Invalid
 from leadpilot.crm.events import EventType, append_events_bulk
 from leadpilot.crm.models import Account, Contact, ImportedRow, ImportRun, Lead, Stage
 from leadpilot.db.base import utcnow
-from leadpilot.db.bulk import bulk_insert, reserve_ids
+from leadpilot.db.bulk import allocate_ids, bulk_insert, reserve_ids
 from leadpilot.intake.mapping import Mapping, MappingFile, build_mapping, load_mapping_file, mapping_as_dict
 from leadpilot.intake.reader import read_table
 from leadpilot.intake.validate import CleanRow, RowError, clean_row
@@ -43,9 +44,12 @@ NEW_STAGE = Stage.NEW.value
 LEAD_CREATED = EventType.LEAD_CREATED.value
 LEAD_MERGED = EventType.LEAD_MERGED.value
 MAX_STORED_ERRORS = 10_000
-LEAD_FILL = ("title", "source", "region", "budget", "notes", "external_id")
+# What a merge may fill, as {row attribute: stored column}, per record. In a lead_merged event the
+# names are the columns: a lead's as they are, a contact's and an account's with a prefix.
+LEAD_FILL = {n: n for n in ("title", "product_line", "source", "region", "budget", "notes", "external_id")}
 CONTACT_FILL = {"contact_name": "name", "phone": "phone", "email": "email"}
 ACCOUNT_FILL = {"industry": "industry", "region": "region", "company_size": "size"}
+FILL_GROUPS = (("", LEAD_FILL), ("contact.", CONTACT_FILL), ("account.", ACCOUNT_FILL))
 
 
 @dataclass
@@ -150,14 +154,11 @@ class _Pending:
     merged_rows: list[tuple[CleanRow, str, dict[str, Any]]] = field(default_factory=list)
 
 
-def _fill(
-    target: dict[str, Any], source: CleanRow, names: Iterable[str] | dict[str, str]
-) -> tuple[dict[str, Any], list[str]]:
+def _fill(target: dict[str, Any], source: CleanRow, names: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
     """Fill empty target fields from the row; returns (filled, conflicting field names)."""
-    pairs = names.items() if isinstance(names, dict) else ((n, n) for n in names)
     filled: dict[str, Any] = {}
     conflicts: list[str] = []
-    for src, dst in pairs:
+    for src, dst in names.items():
         value = getattr(source, src)
         if value in (None, ""):
             continue
@@ -170,18 +171,6 @@ def _fill(
     return filled, conflicts
 
 
-def _pending_as_dict(row: CleanRow) -> dict[str, Any]:
-    data = {n: getattr(row, n) for n in LEAD_FILL}
-    data.update({dst: getattr(row, src) for src, dst in CONTACT_FILL.items()})
-    data.update({dst: getattr(row, src) for src, dst in ACCOUNT_FILL.items()})
-    return data
-
-
-def _source_name(dst: str) -> str:
-    reverse = {v: k for k, v in {**CONTACT_FILL, **ACCOUNT_FILL}.items()}
-    return reverse.get(dst, dst)
-
-
 def _default_title(row: CleanRow) -> str:
     who = row.company or row.contact_name or ""
     return f"{who} · {row.product_line}" if row.product_line else who
@@ -191,12 +180,15 @@ class _IdPool:
     """Ids reserved for one table at the start of an import, handed out in order."""
 
     def __init__(self, engine: Engine, model: type, count: int) -> None:
-        self.ids = reserve_ids(engine, model.__table__, count)  # type: ignore[attr-defined]
+        self.engine, self.table = engine, model.__table__  # type: ignore[attr-defined]
+        self.ids = reserve_ids(engine, self.table, count)
         self.used = 0
 
     def take(self, count: int) -> list[int]:
-        if self.used + count > len(self.ids):
-            raise RuntimeError("import reserved too few ids")  # cannot happen: one per row at most
+        short = self.used + count - len(self.ids)
+        if short > 0:
+            # The row count was an estimate (an XLSX file's stated size can be wrong): reserve more.
+            self.ids.extend(reserve_ids(self.engine, self.table, max(short, 1000)))
         taken = self.ids[self.used : self.used + count]
         self.used += count
         return taken
@@ -250,15 +242,26 @@ class _Planner:
         return _Plan(inserts, merges, list(pending))
 
     def _merge_pending(self, item: _Pending, row: CleanRow, matched_by: str) -> None:
-        fields = _pending_as_dict(item.row)
-        filled: dict[str, Any] = {}
+        """Merge a row into a lead created earlier in the same batch (its row is filled before insert)."""
+        # The defaults the lead is created with count as set, as they would if it were already stored:
+        # the outcome must not depend on whether two matching rows fall into the same batch.
+        item.row.title = item.row.title or _default_title(item.row)
+        item.row.source = item.row.source or "import"
+        filled: list[str] = []
         conflicts: list[str] = []
-        for names in (LEAD_FILL, CONTACT_FILL, ACCOUNT_FILL):
-            new_values, clashes = _fill(fields, row, names)
-            filled.update(new_values)
-            conflicts.extend(clashes)
-            for name in new_values:
-                setattr(item.row, _source_name(name), fields[name])
+        updates: dict[str, Any] = {}
+        if not item.row.company_key and row.company_key:
+            updates.update(company=row.company, company_key=row.company_key, company_line=row.company_line)
+            filled.append("account")
+        for prefix, names in FILL_GROUPS:
+            # Each record compared with the row as it was before this merge, as for a stored lead.
+            current = {dst: getattr(item.row, src) for src, dst in names.items()}
+            new_values, clashes = _fill(current, row, names)
+            filled.extend(prefix + dst for dst in new_values)
+            conflicts.extend(prefix + dst for dst in clashes)
+            updates.update({src: new_values[dst] for src, dst in names.items() if dst in new_values})
+        for name, value in updates.items():
+            setattr(item.row, name, value)
         item.merged_rows.append((row, matched_by, {"filled": sorted(filled), "conflicts": sorted(conflicts)}))
 
     def _new_lead_rows(self, pending: list[_Pending]) -> list[tuple[Any, list[dict[str, Any]]]]:
@@ -357,8 +360,8 @@ class _Planner:
         return [(Account, account_rows), (Contact, contact_rows), (Lead, lead_rows), ("events", events)]
 
 
-def _write_plan(session: Session, plan: _Plan, run_id: int, actor: Actor) -> None:
-    """Apply a prepared batch in the session's transaction (the writer side)."""
+def _write_plan(session: Session, plan: _Plan, run_id: int, actor: Actor) -> dict[str, int]:
+    """Apply a prepared batch in the session's transaction (the writer side); returns accounts it added."""
     for target, rows in plan.inserts:
         if not rows:
             continue
@@ -366,7 +369,7 @@ def _write_plan(session: Session, plan: _Plan, run_id: int, actor: Actor) -> Non
             append_events_bulk(session, rows)
         else:
             bulk_insert(session, target.__table__, rows)
-    merged_ids = _merge_existing(session, plan.merges, run_id, actor)
+    merged_ids, new_accounts = _merge_existing(session, plan.merges, run_id, actor)
     if plan.created_ids or merged_ids:
         audit(
             session,
@@ -376,14 +379,51 @@ def _write_plan(session: Session, plan: _Plan, run_id: int, actor: Actor) -> Non
             None,
             {"run_id": run_id, "created": plan.created_ids, "merged": merged_ids},
         )
+    return new_accounts
+
+
+def _account_for(session: Session, row: CleanRow, now: Any, new_accounts: dict[str, int]) -> int:
+    """The id of the account named in the row: the oldest with the same folded name, else a new one."""
+    key = row.company_key or ""
+    account_id = session.scalar(select(Account.id).where(Account.name_key == key).order_by(Account.id).limit(1))
+    if account_id is None:
+        account_id = allocate_ids(session, Account.__table__, 1)[0]  # type: ignore[arg-type]
+        values = {"id": account_id, "name": row.company, "name_key": key, "created_at": now, "updated_at": now}
+        bulk_insert(session, Account.__table__, [values])  # type: ignore[arg-type]
+        new_accounts[key] = account_id
+    return account_id
+
+
+def _new_contact(session: Session, row: CleanRow, account_id: int | None, now: Any) -> int:
+    """An empty contact for a stored lead that has none (the merge then fills it from the row)."""
+    contact_id = allocate_ids(session, Contact.__table__, 1)[0]  # type: ignore[arg-type]
+    values = {
+        "id": contact_id,
+        "account_id": account_id,
+        "name": "",
+        "phone": None,
+        "email": None,
+        "consent": row.consent,
+        "do_not_call": row.do_not_call,
+        "created_at": now,
+        "updated_at": now,
+    }
+    bulk_insert(session, Contact.__table__, [values])  # type: ignore[arg-type]
+    return contact_id
 
 
 def _merge_existing(
     session: Session, merges: dict[int, list[tuple[CleanRow, str]]], run_id: int, actor: Actor
-) -> list[int]:
-    """Fill empty fields of already stored leads (and their contact and account) from matching rows."""
+) -> tuple[list[int], dict[str, int]]:
+    """Fill empty fields of already stored leads (and their contact and account) from matching rows.
+
+    A stored lead without an account is linked to the row's company (an existing account of that name,
+    else a new one); one without a contact gets a new contact from the row. Returns the merged lead ids
+    and the accounts added ({folded name: id}).
+    """
+    new_accounts: dict[str, int] = {}
     if not merges:
-        return []
+        return [], new_accounts
     now = utcnow()
     leads = {lead.id: lead for lead in session.scalars(select(Lead).where(Lead.id.in_(merges)))}
     contact_ids = [lead.contact_id for lead in leads.values() if lead.contact_id]
@@ -397,25 +437,56 @@ def _merge_existing(
             continue  # deleted since the index was loaded; the row's fingerprint still marks it done
         contact = contacts.get(lead.contact_id or -1)
         account = accounts.get(lead.account_id or -1)
-        lead_vals = {n: getattr(lead, n) for n in LEAD_FILL}
-        contact_vals = {n: getattr(contact, n) for n in ("name", "phone", "email")} if contact else {}
-        account_vals = {n: getattr(account, n) for n in ("industry", "region", "size")} if account else {}
+        contact_id = contact.id if contact else None
+        account_id = account.id if account else None
+        stored: dict[str, dict[str, Any]] = {
+            "": {n: getattr(lead, n) for n in LEAD_FILL.values()},
+            "contact.": {n: getattr(contact, n) for n in CONTACT_FILL.values()} if contact else {},
+            "account.": {n: getattr(account, n) for n in ACCOUNT_FILL.values()} if account else {},
+        }
         for row, matched_by in rows:
-            filled_l, conf_l = _fill(lead_vals, row, LEAD_FILL)
-            filled_c, conf_c = _fill(contact_vals, row, CONTACT_FILL) if contact else ({}, [])
-            filled_a, conf_a = _fill(account_vals, row, ACCOUNT_FILL) if account else ({}, [])
-            if filled_l:
+            filled: list[str] = []
+            conflicts: list[str] = []
+            links: dict[str, int] = {}
+            if account_id is None and row.company_key:
+                account_id = links["account_id"] = _account_for(session, row, now, new_accounts)
+                industry, region, size = session.execute(
+                    select(Account.industry, Account.region, Account.size).where(Account.id == account_id)
+                ).one()
+                stored["account."] = {"industry": industry, "region": region, "size": size}
+                filled.append("account")
+                if contact_id is not None:
+                    session.execute(
+                        update(Contact)
+                        .where(Contact.id == contact_id, Contact.account_id.is_(None))
+                        .values(account_id=account_id, updated_at=now)
+                    )
+            if contact_id is None and (row.phone or row.email or row.contact_name):
+                contact_id = links["contact_id"] = _new_contact(session, row, account_id, now)
+                stored["contact."] = {n: None for n in CONTACT_FILL.values()}
+                filled.append("contact")
+            values: dict[str, dict[str, Any]] = {}
+            for prefix, names in FILL_GROUPS:
+                if prefix and not stored[prefix]:
+                    continue  # no such record to fill
+                values[prefix], clashes = _fill(stored[prefix], row, names)
+                filled.extend(prefix + name for name in values[prefix])
+                conflicts.extend(prefix + name for name in clashes)
+            if values[""] or links:
                 session.execute(
                     update(Lead)
                     .where(Lead.id == lead_id)
-                    .values(**filled_l, updated_at=now, version=Lead.version + 1)
+                    .values(**values[""], **links, updated_at=now, version=Lead.version + 1)
                     .execution_options(synchronize_session=False)
                 )
-            if filled_c and contact:
-                session.execute(update(Contact).where(Contact.id == contact.id).values(**filled_c, updated_at=now))
-            if filled_a and account:
-                session.execute(update(Account).where(Account.id == account.id).values(**filled_a, updated_at=now))
-            filled = sorted([*filled_l, *(f"contact.{k}" for k in filled_c), *(f"account.{k}" for k in filled_a)])
+            if values.get("contact.") and contact_id is not None:
+                session.execute(
+                    update(Contact).where(Contact.id == contact_id).values(**values["contact."], updated_at=now)
+                )
+            if values.get("account.") and account_id is not None:
+                session.execute(
+                    update(Account).where(Account.id == account_id).values(**values["account."], updated_at=now)
+                )
             events.append(
                 {
                     "type": LEAD_MERGED,
@@ -426,13 +497,13 @@ def _merge_existing(
                         "run_id": run_id,
                         "row": row.row,
                         "matched_by": matched_by,
-                        "filled": filled,
-                        "conflicts": sorted([*conf_l, *conf_c, *conf_a]),
+                        "filled": sorted(filled),
+                        "conflicts": sorted(conflicts),
                     },
                 }
             )
     append_events_bulk(session, events)
-    return sorted(merges)
+    return sorted(merges), new_accounts
 
 
 Validated = tuple[int, list[tuple[CleanRow, str]], list[RowError]]
@@ -509,7 +580,7 @@ def import_leads(
         path, encoding=override.encoding if override else None, delimiter=override.delimiter if override else None
     )
     mapping: Mapping = build_mapping(table.headers, override)
-    region = mapping.default_region or default_region
+    region = (mapping.default_region or default_region).upper()
     with Session(engine, expire_on_commit=False) as session:
         run = ImportRun(file_name=path.name, file_sha256=file_sha256(path), actor_id=actor.id, started_at=utcnow())
         session.add(run)
@@ -545,8 +616,10 @@ def import_leads(
             if plan is not None:
                 # One transaction per batch: a crash loses at most this batch, and a re-run redoes it.
                 with Session(engine, expire_on_commit=False) as session:
-                    _write_plan(session, plan, run.id, actor)
+                    new_accounts = _write_plan(session, plan, run.id, actor)
                     session.commit()
+                for key, account_id in new_accounts.items():
+                    known.accounts.setdefault(key, account_id)
             done += seen
             if progress:
                 progress(done, table.total_rows)
@@ -575,8 +648,11 @@ def import_leads(
 
 def write_error_report(errors: list[RowError], path: Path) -> None:
     """Write the per-row errors as CSV (row, field, reason, value), UTF-8 with BOM so Excel reads Chinese."""
-    with path.open("w", newline="", encoding="utf-8-sig") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["row", "field", "reason", "value"])
-        for e in errors:
-            writer.writerow([e.row, e.field, e.reason, e.value])
+    try:
+        with path.open("w", newline="", encoding="utf-8-sig") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["row", "field", "reason", "value"])
+            for e in errors:
+                writer.writerow([e.row, e.field, e.reason, e.value])
+    except OSError as exc:
+        raise Invalid(f"cannot write the error report {path}: {exc.strerror or exc}", field="report") from exc

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import phonenumbers
 import yaml
 
 from leadpilot.crm.errors import Invalid
@@ -160,6 +161,14 @@ def load_mapping_file(path: Path) -> MappingFile:
             getattr(result, section)[key] = str(v)
     if result.delimiter is not None and len(result.delimiter) != 1:
         raise Invalid("mapping file: delimiter must be one character", field="mapping")
+    if result.default_region is not None:
+        result.default_region = str(result.default_region).strip().upper()
+        if result.default_region not in phonenumbers.SUPPORTED_REGIONS:
+            raise Invalid(
+                f"mapping file: default_region {data['default_region']!r} is not a two-letter region code "
+                "such as CN or US",
+                field="mapping",
+            )
     return result
 
 

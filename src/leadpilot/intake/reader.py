@@ -16,7 +16,10 @@ XLSX_SUFFIXES = {".xlsx", ".xlsm"}
 
 @dataclass
 class Table:
-    """A file's header and data rows; ``rows`` yields (spreadsheet row number, cells)."""
+    """A file's header and data rows; ``rows`` yields (spreadsheet row number, cells).
+
+    ``total_rows`` counts the data rows for progress; for XLSX it is the size the file states.
+    """
 
     headers: list[str]
     rows: Iterator[tuple[int, list[str]]]
@@ -78,7 +81,14 @@ def _clean_header(cell: object) -> str:
 def read_csv_text(text: str, *, delimiter: str | None = None) -> Table:
     """Parse CSV text (after decoding)."""
     delimiter = delimiter or detect_delimiter(text[:20_000])
-    total = sum(1 for _ in csv.reader(io.StringIO(text), delimiter=delimiter)) - 1
+    counter = csv.reader(io.StringIO(text), delimiter=delimiter)
+    try:
+        total = sum(1 for _ in counter) - 1
+    except csv.Error as exc:  # e.g. a field over the csv module's size limit: an unclosed quote, mostly
+        raise Invalid(
+            f"cannot read the file as CSV near line {counter.line_num}: {exc} (is a quote left unclosed?)",
+            field="file",
+        ) from exc
     reader = csv.reader(io.StringIO(text), delimiter=delimiter)
     try:
         headers = [_clean_header(h) for h in next(reader)]
@@ -102,12 +112,16 @@ def read_xlsx(path: Path) -> Table:
     except Exception as exc:  # openpyxl raises many types for a damaged file
         raise Invalid(f"cannot open {path.name} as an Excel workbook: {exc}", field="file") from exc
     sheet = workbook.worksheets[0]
+    # The size the file states is only an estimate (for progress): some writers store a wrong one
+    # ("A1"), and read-only openpyxl would then stop reading there and drop the rest of the rows.
+    total = max((sheet.max_row or 1) - 1, 0)
+    if hasattr(sheet, "reset_dimensions"):
+        sheet.reset_dimensions()
     it = sheet.iter_rows(values_only=True)
     try:
         headers = [_clean_header(h) for h in next(it)]
     except StopIteration:
         raise Invalid("the sheet is empty: no header row", field="file") from None
-    total = max((sheet.max_row or 1) - 1, 0)
 
     def rows() -> Iterator[tuple[int, list[str]]]:
         for number, values in enumerate(it, start=2):

@@ -22,6 +22,8 @@ MAX_LENGTH = {
     "notes": 20_000,
     "external_id": 120,
 }
+# The largest budget the API accepts (LeadCreate.budget), so an imported lead can be saved again.
+MAX_AMOUNT = 1e15
 _NUMBER_NOISE = re.compile(r"[\s,，_¥￥$€£元]|RMB|CNY|USD|EUR", re.IGNORECASE)
 _MULTIPLIERS = {"万": 1e4, "w": 1e4, "亿": 1e8, "k": 1e3, "m": 1e6}
 _TRUE = {"1", "true", "yes", "y", "t", "是", "对", "x", "✓"}
@@ -107,8 +109,8 @@ def parse_amount(text: str) -> float:
         factor = _MULTIPLIERS[cleaned[-1].lower()]
         cleaned = cleaned[:-1]
     value = float(cleaned) * factor
-    if value < 0 or value != value or value in (float("inf"),):
-        raise ValueError("negative or not finite")
+    if not 0 <= value <= MAX_AMOUNT:  # also false for NaN
+        raise ValueError("negative, not finite or too large")
     return value
 
 
@@ -146,7 +148,7 @@ def clean_row(number: int, cells: list[str], mapping: Mapping, default_region: s
         try:
             row.budget = parse_amount(raw["budget"])
         except ValueError:
-            errors.append(RowError(number, "budget", "not a non-negative amount", raw["budget"]))
+            errors.append(RowError(number, "budget", "not a non-negative amount (at most 1e15)", raw["budget"]))
     if raw.get("company_size"):
         size = _SIZES.get(raw["company_size"].lower())
         if size is None:
