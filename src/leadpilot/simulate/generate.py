@@ -469,6 +469,15 @@ def _lead_events(sink: _EventSink, world: World, leads: Leads, h: _History, i: i
         arrival,
         {"via": "simulate", "source": SOURCES[int(leads.source[i])], "product_line": product},
     )
+    end = float(world.days)
+    for v in range(int(leads.visits_after[i])):
+        day = arrival + rng.random() * 30
+        if day < end:
+            sink.add("page_view", lid, None, day, {"page": f"/{product}/cases" if v % 2 else f"/{product}/pricing"})
+    for _ in range(int(leads.inquiries[i])):
+        day = arrival + rng.random() * 20
+        if day < end:
+            sink.add("message", lid, None, day, {"direction": "inbound", "kind": "inquiry"})
     screener = int(h.screener_ids[h.screener[i]])
     first = float(h.first_call[i])
     if h.attempts[i] > 0:
@@ -527,7 +536,6 @@ def _lead_events(sink: _EventSink, world: World, leads: Leads, h: _History, i: i
         assigned,
         {"from": "qualified", "to": "assigned", "reason": "assign", "owner_id": None},
     )
-    end = float(world.days)
     cycle = float(leads.cycle_days[i])
     steps = [(0.05, "contacted"), (0.6, "negotiating")]
     previous = "assigned"

@@ -78,6 +78,8 @@ class Params:
 
     p_connect_mean: float = 0.42  # per screening attempt; attempts per lead ≈ 2.5 as in bank marketing
     max_attempts: int = 6
+    after_visits_log_rate: float = 0.8  # log mean of site visits in the 30 days after arrival (× interest)
+    inquiry_log_rate: float = -1.2  # log mean of inbound messages after arrival (× interest)
     screen_delay_days: float = 0.35  # mean wait from arrival to the first screening call (exponential)
     retry_gap_days: float = 0.8  # between screening attempts
     target_conversion: float = 0.113  # won / closed leads, as subscriptions per called client in bank marketing
@@ -137,6 +139,8 @@ class Leads:
     source: np.ndarray
     budget: np.ndarray
     visits: np.ndarray
+    visits_after: np.ndarray  # site visits in the 30 days after arrival (behaviour keeps telling)
+    inquiries: np.ndarray  # inbound messages after arrival
     value: np.ndarray  # contract value if won
     quality: np.ndarray  # latent (observable part + hidden noise), hidden
     hidden: np.ndarray  # the hidden noise alone
@@ -235,6 +239,10 @@ class World:
             np.exp(rng.normal(np.log(np.array(PRODUCT_VALUE_MEDIAN)[product]) + 0.5 * segment, p.value_sigma)), 0
         )
         p_connect = sigmoid(rng.normal(np.log(p.p_connect_mean / (1 - p.p_connect_mean)), 0.8, size=n))
+        # After-arrival behaviour from a stream of its own, so adding it left every other draw unchanged.
+        later = _stream(self.seed, 8, stream, day)
+        visits_after = later.poisson(np.exp(p.after_visits_log_rate + 0.6 * hidden + 0.3 * source_q))
+        inquiries = later.poisson(np.exp(p.inquiry_log_rate + 0.7 * hidden))
         return Leads(
             arrival=arrival,
             product=product,
@@ -243,6 +251,8 @@ class World:
             source=source,
             budget=budget,
             visits=visits,
+            visits_after=visits_after,
+            inquiries=inquiries,
             value=value,
             quality=quality,
             hidden=hidden,
