@@ -87,3 +87,14 @@ def bulk_insert(session: Session, table: Table, rows: Sequence[dict[str, Any]]) 
         chunk = tuples[start : start + per_statement]
         sql = f'INSERT INTO "{table.name}" ({quoted}) VALUES ' + ", ".join([one_row] * len(chunk))  # noqa: S608
         conn.exec_driver_sql(sql, tuple(chain.from_iterable(chunk)))
+
+
+def refresh_statistics(engine: Engine) -> None:
+    """ANALYZE after a bulk job, so the query planner picks the right index for the new data.
+
+    Without statistics SQLite assumes any equality index is selective and may sort a third of the
+    leads table for a filtered page; with them the same page takes about a millisecond.
+    """
+    with engine.connect() as conn:
+        conn.exec_driver_sql("ANALYZE")
+        conn.commit()

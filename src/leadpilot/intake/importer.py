@@ -33,7 +33,7 @@ from leadpilot.crm.errors import Invalid
 from leadpilot.crm.events import EventType, append_events_bulk
 from leadpilot.crm.models import Account, Contact, ImportedRow, ImportRun, Lead, Stage
 from leadpilot.db.base import utcnow
-from leadpilot.db.bulk import allocate_ids, bulk_insert, reserve_ids
+from leadpilot.db.bulk import allocate_ids, bulk_insert, refresh_statistics, reserve_ids
 from leadpilot.intake.mapping import Mapping, MappingFile, build_mapping, load_mapping_file, mapping_as_dict
 from leadpilot.intake.reader import read_table
 from leadpilot.intake.validate import CleanRow, RowError, clean_row
@@ -44,6 +44,8 @@ NEW_STAGE = Stage.NEW.value
 LEAD_CREATED = EventType.LEAD_CREATED.value
 LEAD_MERGED = EventType.LEAD_MERGED.value
 MAX_STORED_ERRORS = 10_000
+# A large import changes the data's shape enough that the query planner needs fresh statistics.
+ANALYZE_AFTER_CREATED = 1_000
 # What a merge may fill, as {row attribute: stored column}, per record. In a lead_merged event the
 # names are the columns: a lead's as they are, a contact's and an account's with a prefix.
 LEAD_FILL = {n: n for n in ("title", "product_line", "source", "region", "budget", "notes", "external_id")}
@@ -623,6 +625,8 @@ def import_leads(
             done += seen
             if progress:
                 progress(done, table.total_rows)
+        if summary.created >= ANALYZE_AFTER_CREATED:
+            refresh_statistics(engine)
         status = "done"
     except BaseException:
         status = "failed"

@@ -26,7 +26,7 @@ from leadpilot.crm.audit import audit
 from leadpilot.crm.events import append_events_bulk
 from leadpilot.crm.models import Account, Contact, Lead, Role, Team, TeamKind, User
 from leadpilot.crm.normalise import company_key
-from leadpilot.db.bulk import bulk_insert, reserve_ids
+from leadpilot.db.bulk import bulk_insert, refresh_statistics, reserve_ids
 from leadpilot.simulate.world import (
     INDUSTRY_BY_PRODUCT,
     NEEDS,
@@ -224,6 +224,7 @@ def generate(
             session.commit()
         if progress:
             progress(min(start + chunk, n), n)
+    refresh_statistics(engine)
     truth_path = data_dir / "simulation" / "truth.npz"
     world.save_truth(
         truth_path,
