@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from typing import Annotated
 
 import jwt
-from fastapi import Depends, HTTPException, Query, Request, status
+from fastapi import Depends, HTTPException, Path, Query, Request, status
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
@@ -15,6 +15,7 @@ from leadpilot.auth.security import decode_access_token
 from leadpilot.config import Settings
 from leadpilot.crm.access import Actor, actor_for
 from leadpilot.crm.models import User
+from leadpilot.crm.schemas import MAX_BIG_ID, MAX_ID, UTCTimestamp
 from leadpilot.db.engine import read_only_engine
 
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token")
@@ -95,3 +96,9 @@ class Paging:
 
 
 PagingDep = Annotated[Paging, Depends()]
+
+# Bounded ids and aware timestamps: an id PostgreSQL cannot hold or a naive time is a 422, never a 500.
+IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
+BigIdPath = Annotated[int, Path(ge=1, le=MAX_BIG_ID)]
+IdQuery = Annotated[int | None, Query(ge=1, le=MAX_ID)]
+TimeQuery = Annotated[UTCTimestamp | None, Query(description="ISO 8601 with a time zone")]

@@ -3,15 +3,31 @@
 from __future__ import annotations
 
 import logging
+import math
+from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from sqlalchemy.orm.exc import StaleDataError
+from starlette.exceptions import HTTPException
 
 from leadpilot.crm.errors import DomainError
 
 log = logging.getLogger(__name__)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -34,6 +50,17 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(
             {"detail": "the change conflicts with existing data (a duplicate or a dangling reference)"}, 409
         )
+
+    @app.exception_handler(DataError)
+    async def _data(_: Request, exc: DataError) -> JSONResponse:
+        # A value the database refuses (out-of-range number, NUL byte, too long): the input's fault.
+        log.info("data error: %s", exc.orig)
+        return JSONResponse({"detail": "a value is out of range or has characters the database cannot store"}, 422)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # Echoed inputs may hold NaN or bytes that JSON cannot carry; make them printable.
+        return JSONResponse({"detail": _json_safe(exc.errors())}, 422)
 
     @app.exception_handler(OperationalError)
     async def _operational(_: Request, exc: OperationalError) -> JSONResponse:
@@ -72,7 +99,7 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise _BodyTooLarge
+                    raise _BodyTooLarge(limit)
             return message
 
         try:
@@ -81,7 +108,7 @@ class BodySizeLimit:
             await self._too_large(send)
 
     async def _too_large(self, send) -> None:
-        body = f'{{"detail":"request body larger than {self.max_bytes} bytes"}}'.encode()
+        body = ('{"detail":"' + _too_large_message(self.max_bytes) + '"}').encode()
         await send(
             {
                 "type": "http.response.start",
@@ -92,5 +119,12 @@ class BodySizeLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-class _BodyTooLarge(Exception):
-    pass
+def _too_large_message(max_bytes: int) -> str:
+    return f"request body larger than {max_bytes} bytes"
+
+
+class _BodyTooLarge(HTTPException):
+    """Raised while a streamed body is read; an HTTPException so FastAPI's body parser lets it through."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, _too_large_message(max_bytes))

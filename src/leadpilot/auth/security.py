@@ -19,6 +19,7 @@ _hasher = PasswordHasher()
 # Verified against when the username is unknown, so a miss costs the same time as a wrong password.
 _DUMMY_HASH = _hasher.hash("leadpilot-timing-equaliser")
 MIN_PASSWORD_LENGTH = 8
+USERNAME_MAX = 80
 
 
 def hash_password(password: str) -> str:
@@ -63,6 +64,9 @@ def authenticate(
 ) -> LoginResult:
     """Check a username and password, slowing down repeated failures (exponential wait per username)."""
     now = utcnow()
+    if len(username) > USERNAME_MAX:  # no such user can exist; answer like a wrong password, store nothing
+        verify_password(_DUMMY_HASH, password)
+        return LoginResult(None)
     throttle = session.get(LoginThrottle, username)
     if throttle and throttle.blocked_until and throttle.blocked_until > now:
         return LoginResult(None, retry_after=max(1, int((throttle.blocked_until - now).total_seconds() + 0.999)))

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, and_, false, or_, select, true
 from sqlalchemy.orm import Session
 
-from leadpilot.crm.models import Contact, Event, Lead, Role, Task, Team, User
+from leadpilot.crm.models import Account, Contact, Event, Lead, Role, Task, Team, User
 from leadpilot.crm.stages import POOL_STAGES, SCREENING_STAGES
 
 
@@ -94,19 +94,19 @@ def visible_lead_ids(actor: Actor) -> Select[Any]:
 
 
 def contact_scope(actor: Actor) -> ColumnElement[bool]:
-    """Contacts an actor may see: those of visible leads."""
+    """Contacts an actor may see: those of visible leads, and those they created themselves."""
     if actor.is_admin:
         return true()
-    return Contact.id.in_(select(Lead.contact_id).where(lead_scope(actor), Lead.contact_id.is_not(None)))
+    of_leads = Contact.id.in_(select(Lead.contact_id).where(lead_scope(actor), Lead.contact_id.is_not(None)))
+    return or_(of_leads, Contact.created_by_id == actor.id) if actor.id is not None else of_leads
 
 
 def account_scope(actor: Actor) -> ColumnElement[bool]:
-    """Accounts an actor may see: those of visible leads."""
-    from leadpilot.crm.models import Account
-
+    """Accounts an actor may see: those of visible leads, and those they created themselves."""
     if actor.is_admin:
         return true()
-    return Account.id.in_(select(Lead.account_id).where(lead_scope(actor), Lead.account_id.is_not(None)))
+    of_leads = Account.id.in_(select(Lead.account_id).where(lead_scope(actor), Lead.account_id.is_not(None)))
+    return or_(of_leads, Account.created_by_id == actor.id) if actor.id is not None else of_leads
 
 
 def user_scope(actor: Actor) -> ColumnElement[bool]:

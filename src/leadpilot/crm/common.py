@@ -54,3 +54,12 @@ def require_exists(session: Session, model: type, obj_id: Any, field: str) -> No
     """Refuse a reference to a row that does not exist, naming the field."""
     if obj_id is not None and session.get(model, obj_id) is None:
         raise Invalid(f"{field} {obj_id} does not exist", field=field)
+
+
+def require_visible(session: Session, model: type, obj_id: Any, scope: ColumnElement[bool], field: str) -> None:
+    """Refuse a reference to a row the actor may not see exactly as one to a missing row (no leak)."""
+    if obj_id is None:
+        return
+    found = session.scalar(select(model.id).where(model.id == obj_id, scope))  # type: ignore[attr-defined]
+    if found is None:
+        raise Invalid(f"{field} {obj_id} does not exist", field=field)

@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 from leadpilot.crm import schemas
 from leadpilot.crm.access import Actor, account_scope, contact_scope
 from leadpilot.crm.audit import audit, audit_pii_read
-from leadpilot.crm.common import apply_changes, get_visible, redact, require_exists
+from leadpilot.crm.common import apply_changes, get_visible, redact, require_visible
 from leadpilot.crm.errors import Forbidden
 from leadpilot.crm.listing import Page, paginate, sort_keys
 from leadpilot.crm.models import Account, Contact
@@ -56,7 +56,7 @@ def create_account(session: Session, *, actor: Actor, data: schemas.AccountCreat
     """Create an account."""
     fields = data.model_dump()
     fields["size"] = data.size.value if data.size else None
-    account = Account(name_key=company_key(data.name), **fields)
+    account = Account(name_key=company_key(data.name), created_by_id=actor.id, **fields)
     session.add(account)
     session.flush()
     audit(session, actor, "create", "account", account.id, {"name": account.name})
@@ -77,9 +77,9 @@ def update_account(session: Session, *, actor: Actor, account_id: int, data: sch
 
 def delete_account(session: Session, *, actor: Actor, account_id: int) -> None:
     """Delete an account (admins); its leads and contacts keep existing without it."""
+    account = get_account(session, actor=actor, account_id=account_id)  # 404 before 403: never reveal rows
     if not actor.is_admin:
         raise Forbidden("only an admin may delete accounts")
-    account = get_account(session, actor=actor, account_id=account_id)
     session.delete(account)
     audit(session, actor, "delete", "account", account_id)
 
@@ -141,8 +141,8 @@ def create_contact(
     fields = _normalised_contact_fields(data.model_dump(), default_region)
     fields["consent"] = data.consent.value
     if fields.get("account_id") is not None:
-        require_exists(session, Account, fields["account_id"], "account_id")
-    contact = Contact(**fields)
+        require_visible(session, Account, fields["account_id"], account_scope(actor), "account_id")
+    contact = Contact(created_by_id=actor.id, **fields)
     session.add(contact)
     session.flush()
     audit(session, actor, "create", "contact", contact.id, {"fields": sorted(k for k, v in fields.items() if v)})
@@ -156,7 +156,7 @@ def update_contact(
     contact = get_visible(session, Contact, contact_id, contact_scope(actor))
     changes = _normalised_contact_fields(data.model_dump(exclude_unset=True), default_region)
     if changes.get("account_id") is not None:
-        require_exists(session, Account, changes["account_id"], "account_id")
+        require_visible(session, Account, changes["account_id"], account_scope(actor), "account_id")
     diff = apply_changes(contact, changes)
     if diff:
         audit(session, actor, "update", "contact", contact.id, redact(diff, PII_FIELDS))
@@ -165,8 +165,8 @@ def update_contact(
 
 def delete_contact(session: Session, *, actor: Actor, contact_id: int) -> None:
     """Delete a contact (admins), e.g. on an erasure request."""
+    contact = get_visible(session, Contact, contact_id, contact_scope(actor))
     if not actor.is_admin:
         raise Forbidden("only an admin may delete contacts")
-    contact = get_visible(session, Contact, contact_id, contact_scope(actor))
     session.delete(contact)
     audit(session, actor, "delete", "contact", contact_id)

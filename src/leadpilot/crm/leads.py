@@ -11,9 +11,9 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from leadpilot.crm import schemas
-from leadpilot.crm.access import Actor, lead_scope, pool_clause
+from leadpilot.crm.access import Actor, account_scope, contact_scope, lead_scope, pool_clause
 from leadpilot.crm.audit import audit
-from leadpilot.crm.common import apply_changes, get_visible, require_exists
+from leadpilot.crm.common import apply_changes, get_visible, require_exists, require_visible
 from leadpilot.crm.errors import Conflict, Forbidden, Invalid, NotFound
 from leadpilot.crm.events import EventType, append_event
 from leadpilot.crm.listing import Page, paginate, sort_keys
@@ -115,16 +115,17 @@ def _check_can_work(actor: Actor, lead: Lead) -> None:
         raise Forbidden("screeners may only change leads that are new or in screening")
 
 
-def _check_refs(session: Session, fields: dict[str, Any]) -> None:
-    require_exists(session, Account, fields.get("account_id"), "account_id")
-    require_exists(session, Contact, fields.get("contact_id"), "contact_id")
+def _check_refs(session: Session, actor: Actor, fields: dict[str, Any]) -> None:
+    # Linking a lead to a contact would reveal the contact's phone: only rows the actor may see.
+    require_visible(session, Account, fields.get("account_id"), account_scope(actor), "account_id")
+    require_visible(session, Contact, fields.get("contact_id"), contact_scope(actor), "contact_id")
     require_exists(session, Team, fields.get("team_id"), "team_id")
 
 
 def create_lead(session: Session, *, actor: Actor, data: schemas.LeadCreate) -> Lead:
     """Create a lead in stage ``new``; a salesperson's own lead is owned by them from the start."""
     fields = data.model_dump()
-    _check_refs(session, fields)
+    _check_refs(session, actor, fields)
     owner_id = actor.id if actor.role in (Role.SALES,) else None
     lead = Lead(**fields, owner_id=owner_id, stage=Stage.NEW.value, stage_changed_at=utcnow())
     session.add(lead)
@@ -148,7 +149,7 @@ def update_lead(session: Session, *, actor: Actor, lead_id: int, data: schemas.L
     expected = changes.pop("expected_version", None)
     if expected is not None and expected != lead.version:
         raise Conflict(f"lead {lead_id} changed since version {expected} (now {lead.version}); reload it")
-    _check_refs(session, changes)
+    _check_refs(session, actor, changes)
     diff = apply_changes(lead, changes)
     if diff:
         append_event(
@@ -165,9 +166,9 @@ def update_lead(session: Session, *, actor: Actor, lead_id: int, data: schemas.L
 
 def delete_lead(session: Session, *, actor: Actor, lead_id: int) -> None:
     """Delete a lead (admins); its events stay in the log."""
+    lead = get_lead(session, actor=actor, lead_id=lead_id)  # 404 before 403: never reveal rows
     if not actor.is_admin:
         raise Forbidden("only an admin may delete leads")
-    lead = get_lead(session, actor=actor, lead_id=lead_id)
     session.delete(lead)
     audit(session, actor, "delete", "lead", lead_id)
 
@@ -309,9 +310,9 @@ def release_lead(session: Session, *, actor: Actor, lead_id: int, reason: str | 
 
 def assign_lead(session: Session, *, actor: Actor, lead_id: int, owner_id: int, reason: str | None = None) -> Lead:
     """Give a lead to a salesperson (supervisors within their subtree, admins anyone)."""
+    lead = get_lead(session, actor=actor, lead_id=lead_id)  # 404 before 403: never reveal rows
     if actor.role not in (Role.ADMIN, Role.SUPERVISOR):
         raise Forbidden("only supervisors and admins may assign leads")
-    lead = get_lead(session, actor=actor, lead_id=lead_id)
     owner = session.get(User, owner_id)
     if owner is None:
         raise Invalid(f"user {owner_id} does not exist", field="owner_id")

@@ -82,6 +82,22 @@ def decode_cursor(cursor: str, sort: str) -> list[Any]:
     return values
 
 
+def _check_cursor_types(sort_key: SortKey, value: Any, last_id: Any, sort: str) -> None:
+    """A forged cursor whose values do not fit the sort column is refused, not sent to the database."""
+    expected = sort_key.column.type.python_type
+    ok_id = isinstance(last_id, int) and not isinstance(last_id, bool) and 0 <= last_id < 2**63
+    if expected is float:
+        ok_value = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif expected is int:
+        ok_value = isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63
+    elif expected is datetime:
+        ok_value = isinstance(value, datetime) and value.tzinfo is not None
+    else:
+        ok_value = isinstance(value, expected)
+    if not (ok_id and ok_value):
+        raise Invalid(f"cursor is not valid for sort {sort!r}; start again without a cursor", field="cursor")
+
+
 def paginate(
     session: Session,
     stmt: Select[Any],
@@ -102,6 +118,7 @@ def paginate(
     pk = model.id  # type: ignore[attr-defined]
     if cursor:
         last_value, last_id = decode_cursor(cursor, sort)
+        _check_cursor_types(sort_key, last_value, last_id, sort)
         after: ColumnElement[bool]
         if descending:
             after = or_(column < last_value, and_(column == last_value, pk < last_id))

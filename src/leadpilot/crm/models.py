@@ -156,6 +156,8 @@ class Account(TimestampMixin, Base):
     industry: Mapped[str | None] = mapped_column(String(120))
     region: Mapped[str | None] = mapped_column(String(120))
     size: Mapped[str | None] = mapped_column(String(20))
+    # Who created it: they may see and link it before any lead of theirs refers to it.
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), index=True)
 
 
 class Contact(TimestampMixin, Base):
@@ -171,6 +173,7 @@ class Contact(TimestampMixin, Base):
     email: Mapped[str | None] = mapped_column(String(254), index=True)
     consent: Mapped[str] = mapped_column(String(10), nullable=False, default=Consent.UNKNOWN.value)
     do_not_call: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), index=True)
 
 
 class Lead(TimestampMixin, Base):

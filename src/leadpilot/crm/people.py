@@ -174,10 +174,10 @@ def update_user(session: Session, *, actor: Actor, user_id: int, data: schemas.U
 
 def deactivate_user(session: Session, *, actor: Actor, user_id: int) -> User:
     """Deactivate a user (admins); their leads keep their owner until reassigned or recycled."""
+    user = get_user(session, actor=actor, user_id=user_id)  # 404 before 403: never reveal rows
     _require_admin(actor, "deactivate users")
     if user_id == actor.id:
         raise Conflict("you cannot deactivate yourself")
-    user = get_user(session, actor=actor, user_id=user_id)
     if user.is_active:
         user.is_active = False
         audit(session, actor, "deactivate", "user", user.id)

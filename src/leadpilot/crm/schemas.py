@@ -6,25 +6,61 @@ Every input schema forbids unknown fields, so a typo is a 422 naming the field, 
 from __future__ import annotations
 
 import re
-from datetime import datetime
-from typing import Annotated, Any, Generic, TypeVar
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar, Generic, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from leadpilot.crm.models import AccountSize, Consent, Role, Stage, TaskKind, TaskStatus, TeamKind
 
 T = TypeVar("T")
+# Largest id of an ordinary table (PostgreSQL INTEGER) and of the event and audit logs (BIGINT).
+MAX_ID = 2**31 - 1
+MAX_BIG_ID = 2**63 - 1
+RefId = Annotated[int, Field(ge=1, le=MAX_ID)]
+
+
+def _to_utc(value: datetime) -> datetime:
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as exc:
+        raise ValueError("datetime is out of range once converted to UTC") from exc
+
+
+# A timestamp with a time zone (a naive one is refused: whose 9 o'clock?), converted to UTC.
+UTCTimestamp = Annotated[AwareDatetime, AfterValidator(_to_utc)]
 
 Name = Annotated[str, Field(min_length=1, max_length=200)]
 ShortText = Annotated[str, Field(max_length=120)]
 _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 
 
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
 class Input(BaseModel):
-    """Base of request bodies: unknown fields are errors, strings are trimmed."""
+    """Base of request bodies: unknown fields are errors, strings are trimmed, NUL characters refused."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    # PATCH bodies: fields whose column cannot be empty; omitting them leaves them alone, null is an error.
+    not_null: ClassVar[frozenset[str]] = frozenset()
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _checked(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None and info.field_name in cls.not_null:
+            raise ValueError(f"{info.field_name} cannot be null; omit it to leave it unchanged")
+        if _has_nul(value):
+            raise ValueError("text must not contain NUL characters")
+        return value
 
 
 class Public(BaseModel):
@@ -46,13 +82,14 @@ class PageOut(BaseModel, Generic[T]):
 class TeamCreate(Input):
     name: Name
     kind: TeamKind
-    parent_id: int | None = None
+    parent_id: RefId | None = None
 
 
 class TeamUpdate(Input):
+    not_null = frozenset({"name", "kind"})
     name: Name | None = None
     kind: TeamKind | None = None
-    parent_id: int | None = None
+    parent_id: RefId | None = None
 
 
 class TeamPublic(Public):
@@ -74,7 +111,7 @@ class _UserFields(Input):
             return value
         try:
             ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
+        except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
             raise ValueError(f"unknown time zone {value!r} (use an IANA name such as 'Asia/Shanghai')") from exc
         return value
 
@@ -92,28 +129,42 @@ class UserCreate(_UserFields):
     role: Role
     full_name: Annotated[str, Field(max_length=200)] = ""
     email: Annotated[str, Field(max_length=254)] | None = None
-    team_id: int | None = None
+    team_id: RefId | None = None
     product_lines: list[ShortText] = []
     regions: list[ShortText] = []
     daily_capacity: Annotated[int, Field(ge=0, le=10_000)] = 20
     work_start: str = "09:00"
     work_end: str = "18:00"
-    time_zone: str = "UTC"
+    time_zone: Annotated[str, Field(max_length=64)] = "UTC"
     is_active: bool = True
 
 
 class UserUpdate(_UserFields):
+    not_null = frozenset(
+        {
+            "password",
+            "role",
+            "full_name",
+            "product_lines",
+            "regions",
+            "daily_capacity",
+            "work_start",
+            "work_end",
+            "time_zone",
+            "is_active",
+        }
+    )
     password: Annotated[str, Field(min_length=8, max_length=200)] | None = None
     role: Role | None = None
     full_name: Annotated[str, Field(max_length=200)] | None = None
     email: Annotated[str, Field(max_length=254)] | None = None
-    team_id: int | None = None
+    team_id: RefId | None = None
     product_lines: list[ShortText] | None = None
     regions: list[ShortText] | None = None
     daily_capacity: Annotated[int, Field(ge=0, le=10_000)] | None = None
     work_start: str | None = None
     work_end: str | None = None
-    time_zone: str | None = None
+    time_zone: Annotated[str, Field(max_length=64)] | None = None
     is_active: bool | None = None
 
 
@@ -144,6 +195,7 @@ class AccountCreate(Input):
 
 
 class AccountUpdate(Input):
+    not_null = frozenset({"name"})
     name: Annotated[str, Field(min_length=1, max_length=300)] | None = None
     industry: ShortText | None = None
     region: ShortText | None = None
@@ -161,7 +213,7 @@ class AccountPublic(Public):
 
 class ContactCreate(Input):
     name: Annotated[str, Field(max_length=200)] = ""
-    account_id: int | None = None
+    account_id: RefId | None = None
     phone: Annotated[str, Field(max_length=40)] | None = None
     email: Annotated[str, Field(max_length=254)] | None = None
     consent: Consent = Consent.UNKNOWN
@@ -169,8 +221,9 @@ class ContactCreate(Input):
 
 
 class ContactUpdate(Input):
+    not_null = frozenset({"name", "consent", "do_not_call"})
     name: Annotated[str, Field(max_length=200)] | None = None
-    account_id: int | None = None
+    account_id: RefId | None = None
     phone: Annotated[str, Field(max_length=40)] | None = None
     email: Annotated[str, Field(max_length=254)] | None = None
     consent: Consent | None = None
@@ -192,26 +245,27 @@ class ContactPublic(Public):
 
 class LeadCreate(Input):
     title: Annotated[str, Field(max_length=300)] = ""
-    account_id: int | None = None
-    contact_id: int | None = None
+    account_id: RefId | None = None
+    contact_id: RefId | None = None
     product_line: ShortText | None = None
     source: ShortText | None = None
     region: ShortText | None = None
     budget: Annotated[float, Field(ge=0, le=1e15)] | None = None
-    team_id: int | None = None
+    team_id: RefId | None = None
     notes: Annotated[str, Field(max_length=20_000)] = ""
     external_id: ShortText | None = None
 
 
 class LeadUpdate(Input):
+    not_null = frozenset({"title", "notes"})
     title: Annotated[str, Field(max_length=300)] | None = None
-    account_id: int | None = None
-    contact_id: int | None = None
+    account_id: RefId | None = None
+    contact_id: RefId | None = None
     product_line: ShortText | None = None
     source: ShortText | None = None
     region: ShortText | None = None
     budget: Annotated[float, Field(ge=0, le=1e15)] | None = None
-    team_id: int | None = None
+    team_id: RefId | None = None
     notes: Annotated[str, Field(max_length=20_000)] | None = None
     external_id: ShortText | None = None
     expected_version: int | None = Field(default=None, description="Refuse with 409 if the lead changed since.")
@@ -248,7 +302,7 @@ class StageChange(Input):
 
 
 class AssignRequest(Input):
-    owner_id: int
+    owner_id: RefId
     reason: Annotated[str, Field(max_length=300)] | None = None
 
 
@@ -257,18 +311,19 @@ class AssignRequest(Input):
 
 class TaskCreate(Input):
     title: Annotated[str, Field(min_length=1, max_length=300)]
-    lead_id: int | None = None
-    assignee_id: int | None = None
+    lead_id: RefId | None = None
+    assignee_id: RefId | None = None
     kind: TaskKind = TaskKind.FOLLOW_UP
-    due_at: datetime | None = None
+    due_at: UTCTimestamp | None = None
 
 
 class TaskUpdate(Input):
+    not_null = frozenset({"title", "assignee_id", "kind", "status"})
     title: Annotated[str, Field(min_length=1, max_length=300)] | None = None
-    assignee_id: int | None = None
+    assignee_id: RefId | None = None
     kind: TaskKind | None = None
     status: TaskStatus | None = None
-    due_at: datetime | None = None
+    due_at: UTCTimestamp | None = None
 
 
 class TaskPublic(Public):
@@ -289,8 +344,8 @@ class TaskPublic(Public):
 
 class EventCreate(Input):
     type: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{1,39}$")]
-    lead_id: int
-    occurred_at: datetime | None = None
+    lead_id: RefId
+    occurred_at: UTCTimestamp | None = None
     payload: dict[str, Any] = {}
 
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from leadpilot.api.deps import CurrentActor, PagingDep, ReadDB, WriteDB
+from leadpilot.api.deps import CurrentActor, IdPath, PagingDep, ReadDB, WriteDB
 from leadpilot.crm import customers
 from leadpilot.crm.models import Account, AccountSize
 from leadpilot.crm.schemas import AccountCreate, AccountPublic, AccountUpdate, PageOut
@@ -48,13 +48,13 @@ def create_account(data: AccountCreate, actor: CurrentActor, db: WriteDB) -> Acc
 
 
 @router.get("/{account_id}", response_model=AccountPublic)
-def get_account(account_id: int, actor: CurrentActor, db: ReadDB) -> Account:
+def get_account(account_id: IdPath, actor: CurrentActor, db: ReadDB) -> Account:
     """One account."""
     return customers.get_account(db, actor=actor, account_id=account_id)
 
 
 @router.patch("/{account_id}", response_model=AccountPublic)
-def update_account(account_id: int, data: AccountUpdate, actor: CurrentActor, db: WriteDB) -> Account:
+def update_account(account_id: IdPath, data: AccountUpdate, actor: CurrentActor, db: WriteDB) -> Account:
     """Change an account."""
     account = customers.update_account(db, actor=actor, account_id=account_id, data=data)
     db.commit()
@@ -62,7 +62,7 @@ def update_account(account_id: int, data: AccountUpdate, actor: CurrentActor, db
 
 
 @router.delete("/{account_id}", status_code=204)
-def delete_account(account_id: int, actor: CurrentActor, db: WriteDB) -> Response:
+def delete_account(account_id: IdPath, actor: CurrentActor, db: WriteDB) -> Response:
     """Delete an account (admins)."""
     customers.delete_account(db, actor=actor, account_id=account_id)
     db.commit()

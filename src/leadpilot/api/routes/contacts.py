@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from leadpilot.api.deps import CurrentActor, PagingDep, SettingsDep, WriteDB
+from leadpilot.api.deps import CurrentActor, IdPath, IdQuery, PagingDep, SettingsDep, WriteDB
 from leadpilot.crm import customers
 from leadpilot.crm.models import Contact
 from leadpilot.crm.schemas import ContactCreate, ContactPublic, ContactUpdate, PageOut
@@ -20,7 +20,7 @@ def list_contacts(
     db: WriteDB,
     paging: PagingDep,
     settings: SettingsDep,
-    account_id: int | None = None,
+    account_id: IdQuery = None,
     phone: Annotated[str | None, Query(max_length=40)] = None,
     email: Annotated[str | None, Query(max_length=254)] = None,
     do_not_call: bool | None = None,
@@ -51,7 +51,7 @@ def create_contact(data: ContactCreate, actor: CurrentActor, db: WriteDB, settin
 
 
 @router.get("/{contact_id}", response_model=ContactPublic)
-def get_contact(contact_id: int, actor: CurrentActor, db: WriteDB) -> Contact:
+def get_contact(contact_id: IdPath, actor: CurrentActor, db: WriteDB) -> Contact:
     """One contact."""
     contact = customers.get_contact(db, actor=actor, contact_id=contact_id)
     db.commit()
@@ -60,7 +60,7 @@ def get_contact(contact_id: int, actor: CurrentActor, db: WriteDB) -> Contact:
 
 @router.patch("/{contact_id}", response_model=ContactPublic)
 def update_contact(
-    contact_id: int, data: ContactUpdate, actor: CurrentActor, db: WriteDB, settings: SettingsDep
+    contact_id: IdPath, data: ContactUpdate, actor: CurrentActor, db: WriteDB, settings: SettingsDep
 ) -> Contact:
     """Change a contact."""
     contact = customers.update_contact(
@@ -71,7 +71,7 @@ def update_contact(
 
 
 @router.delete("/{contact_id}", status_code=204)
-def delete_contact(contact_id: int, actor: CurrentActor, db: WriteDB) -> Response:
+def delete_contact(contact_id: IdPath, actor: CurrentActor, db: WriteDB) -> Response:
     """Delete a contact (admins)."""
     customers.delete_contact(db, actor=actor, contact_id=contact_id)
     db.commit()

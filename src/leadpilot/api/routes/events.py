@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from leadpilot.api.deps import CurrentActor, PagingDep, ReadDB, WriteDB
+from leadpilot.api.deps import BigIdPath, CurrentActor, IdQuery, PagingDep, ReadDB, TimeQuery, WriteDB
 from leadpilot.crm import eventlog
 from leadpilot.crm.models import Event
 from leadpilot.crm.schemas import AuditPublic, EventCreate, EventPublic, PageOut
@@ -20,11 +19,11 @@ def list_events(
     actor: CurrentActor,
     db: ReadDB,
     paging: PagingDep,
-    lead_id: int | None = None,
+    lead_id: IdQuery = None,
     type: Annotated[list[str] | None, Query(max_length=40)] = None,
-    actor_id: int | None = None,
-    after: datetime | None = None,
-    before: datetime | None = None,
+    actor_id: IdQuery = None,
+    after: TimeQuery = None,
+    before: TimeQuery = None,
 ) -> PageOut[EventPublic]:
     """Events about the leads the caller may see, oldest first (sort=-id for newest first)."""
     page = eventlog.list_events(
@@ -51,7 +50,7 @@ def record_activity(data: EventCreate, actor: CurrentActor, db: WriteDB) -> Even
 
 
 @router.get("/events/{event_id}", response_model=EventPublic)
-def get_event(event_id: int, actor: CurrentActor, db: ReadDB) -> Event:
+def get_event(event_id: BigIdPath, actor: CurrentActor, db: ReadDB) -> Event:
     """One event."""
     return eventlog.get_event(db, actor=actor, event_id=event_id)
 
@@ -62,9 +61,9 @@ def list_audit(
     db: ReadDB,
     paging: PagingDep,
     entity: Annotated[str | None, Query(max_length=40)] = None,
-    entity_id: int | None = None,
+    entity_id: IdQuery = None,
     action: Annotated[str | None, Query(max_length=30)] = None,
-    actor_id: int | None = None,
+    actor_id: IdQuery = None,
 ) -> PageOut[AuditPublic]:
     """The audit log, newest first (admins)."""
     page = eventlog.list_audit(

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from leadpilot.api.deps import CurrentActor, PagingDep, ReadDB, WriteDB
+from leadpilot.api.deps import CurrentActor, IdPath, IdQuery, PagingDep, ReadDB, TimeQuery, WriteDB
 from leadpilot.crm import leads
 from leadpilot.crm.models import Lead, Stage
 from leadpilot.crm.schemas import AssignRequest, LeadCreate, LeadPublic, LeadUpdate, PageOut, StageChange
@@ -26,16 +25,16 @@ def list_leads(
     product_line: Text = None,
     region: Text = None,
     source: Text = None,
-    owner_id: int | None = None,
-    team_id: int | None = None,
-    account_id: int | None = None,
+    owner_id: IdQuery = None,
+    team_id: IdQuery = None,
+    account_id: IdQuery = None,
     in_pool: bool | None = None,
     min_budget: float | None = None,
     max_budget: float | None = None,
     min_score: float | None = None,
     max_score: float | None = None,
-    created_after: datetime | None = None,
-    created_before: datetime | None = None,
+    created_after: TimeQuery = None,
+    created_before: TimeQuery = None,
     q: Annotated[str | None, Query(max_length=200, description="text in the title")] = None,
 ) -> PageOut[LeadPublic]:
     """Leads the caller may see: sales their own and the pool, supervisors their subtree, admins all."""
@@ -71,13 +70,13 @@ def create_lead(data: LeadCreate, actor: CurrentActor, db: WriteDB) -> Lead:
 
 
 @router.get("/{lead_id}", response_model=LeadPublic)
-def get_lead(lead_id: int, actor: CurrentActor, db: ReadDB) -> Lead:
+def get_lead(lead_id: IdPath, actor: CurrentActor, db: ReadDB) -> Lead:
     """One lead."""
     return leads.get_lead(db, actor=actor, lead_id=lead_id)
 
 
 @router.patch("/{lead_id}", response_model=LeadPublic)
-def update_lead(lead_id: int, data: LeadUpdate, actor: CurrentActor, db: WriteDB) -> Lead:
+def update_lead(lead_id: IdPath, data: LeadUpdate, actor: CurrentActor, db: WriteDB) -> Lead:
     """Change a lead's fields; stage and owner change through the action routes."""
     lead = leads.update_lead(db, actor=actor, lead_id=lead_id, data=data)
     db.commit()
@@ -85,7 +84,7 @@ def update_lead(lead_id: int, data: LeadUpdate, actor: CurrentActor, db: WriteDB
 
 
 @router.delete("/{lead_id}", status_code=204)
-def delete_lead(lead_id: int, actor: CurrentActor, db: WriteDB) -> Response:
+def delete_lead(lead_id: IdPath, actor: CurrentActor, db: WriteDB) -> Response:
     """Delete a lead (admins)."""
     leads.delete_lead(db, actor=actor, lead_id=lead_id)
     db.commit()
@@ -93,7 +92,7 @@ def delete_lead(lead_id: int, actor: CurrentActor, db: WriteDB) -> Response:
 
 
 @router.post("/{lead_id}/stage", response_model=LeadPublic)
-def change_stage(lead_id: int, data: StageChange, actor: CurrentActor, db: WriteDB) -> Lead:
+def change_stage(lead_id: IdPath, data: StageChange, actor: CurrentActor, db: WriteDB) -> Lead:
     """Move a lead to another stage; an illegal move answers 409 with the reason."""
     lead = leads.change_stage(db, actor=actor, lead_id=lead_id, stage=data.stage, reason=data.reason)
     db.commit()
@@ -101,7 +100,7 @@ def change_stage(lead_id: int, data: StageChange, actor: CurrentActor, db: Write
 
 
 @router.post("/{lead_id}/claim", response_model=LeadPublic)
-def claim_lead(lead_id: int, actor: CurrentActor, db: WriteDB) -> Lead:
+def claim_lead(lead_id: IdPath, actor: CurrentActor, db: WriteDB) -> Lead:
     """Claim a lead from the pool; of two simultaneous claims exactly one wins, the other gets 409."""
     lead = leads.claim_lead(db, actor=actor, lead_id=lead_id)
     db.commit()
@@ -110,7 +109,7 @@ def claim_lead(lead_id: int, actor: CurrentActor, db: WriteDB) -> Lead:
 
 @router.post("/{lead_id}/release", response_model=LeadPublic)
 def release_lead(
-    lead_id: int, actor: CurrentActor, db: WriteDB, reason: Annotated[str | None, Query(max_length=300)] = None
+    lead_id: IdPath, actor: CurrentActor, db: WriteDB, reason: Annotated[str | None, Query(max_length=300)] = None
 ) -> Lead:
     """Give a lead back to the pool (stage 'recycled')."""
     lead = leads.release_lead(db, actor=actor, lead_id=lead_id, reason=reason)
@@ -119,7 +118,7 @@ def release_lead(
 
 
 @router.post("/{lead_id}/assign", response_model=LeadPublic)
-def assign_lead(lead_id: int, data: AssignRequest, actor: CurrentActor, db: WriteDB) -> Lead:
+def assign_lead(lead_id: IdPath, data: AssignRequest, actor: CurrentActor, db: WriteDB) -> Lead:
     """Assign a lead to a salesperson (supervisors and admins)."""
     lead = leads.assign_lead(db, actor=actor, lead_id=lead_id, owner_id=data.owner_id, reason=data.reason)
     db.commit()

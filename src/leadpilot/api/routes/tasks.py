@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from fastapi import APIRouter, Response
 
-from leadpilot.api.deps import CurrentActor, PagingDep, ReadDB, WriteDB
+from leadpilot.api.deps import CurrentActor, IdPath, IdQuery, PagingDep, ReadDB, TimeQuery, WriteDB
 from leadpilot.crm import tasks
 from leadpilot.crm.models import Task, TaskStatus
 from leadpilot.crm.schemas import PageOut, TaskCreate, TaskPublic, TaskUpdate
@@ -19,10 +17,10 @@ def list_tasks(
     actor: CurrentActor,
     db: ReadDB,
     paging: PagingDep,
-    assignee_id: int | None = None,
-    lead_id: int | None = None,
+    assignee_id: IdQuery = None,
+    lead_id: IdQuery = None,
     status: TaskStatus | None = None,
-    due_before: datetime | None = None,
+    due_before: TimeQuery = None,
 ) -> PageOut[TaskPublic]:
     """Tasks the caller may see."""
     page = tasks.list_tasks(
@@ -48,13 +46,13 @@ def create_task(data: TaskCreate, actor: CurrentActor, db: WriteDB) -> Task:
 
 
 @router.get("/{task_id}", response_model=TaskPublic)
-def get_task(task_id: int, actor: CurrentActor, db: ReadDB) -> Task:
+def get_task(task_id: IdPath, actor: CurrentActor, db: ReadDB) -> Task:
     """One task."""
     return tasks.get_task(db, actor=actor, task_id=task_id)
 
 
 @router.patch("/{task_id}", response_model=TaskPublic)
-def update_task(task_id: int, data: TaskUpdate, actor: CurrentActor, db: WriteDB) -> Task:
+def update_task(task_id: IdPath, data: TaskUpdate, actor: CurrentActor, db: WriteDB) -> Task:
     """Change or complete a task."""
     task = tasks.update_task(db, actor=actor, task_id=task_id, data=data)
     db.commit()
@@ -62,7 +60,7 @@ def update_task(task_id: int, data: TaskUpdate, actor: CurrentActor, db: WriteDB
 
 
 @router.delete("/{task_id}", status_code=204)
-def delete_task(task_id: int, actor: CurrentActor, db: WriteDB) -> Response:
+def delete_task(task_id: IdPath, actor: CurrentActor, db: WriteDB) -> Response:
     """Delete a task."""
     tasks.delete_task(db, actor=actor, task_id=task_id)
     db.commit()

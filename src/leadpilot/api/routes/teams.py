@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from leadpilot.api.deps import CurrentActor, PagingDep, ReadDB, WriteDB
+from leadpilot.api.deps import CurrentActor, IdPath, IdQuery, PagingDep, ReadDB, WriteDB
 from leadpilot.crm import people
 from leadpilot.crm.models import Team, TeamKind
 from leadpilot.crm.schemas import PageOut, TeamCreate, TeamPublic, TeamUpdate
@@ -14,7 +14,7 @@ router = APIRouter(prefix="/teams", tags=["teams"])
 
 @router.get("", response_model=PageOut[TeamPublic])
 def list_teams(
-    actor: CurrentActor, db: ReadDB, paging: PagingDep, kind: TeamKind | None = None, parent_id: int | None = None
+    actor: CurrentActor, db: ReadDB, paging: PagingDep, kind: TeamKind | None = None, parent_id: IdQuery = None
 ) -> PageOut[TeamPublic]:
     """List teams."""
     page = people.list_teams(
@@ -38,13 +38,13 @@ def create_team(data: TeamCreate, actor: CurrentActor, db: WriteDB) -> Team:
 
 
 @router.get("/{team_id}", response_model=TeamPublic)
-def get_team(team_id: int, actor: CurrentActor, db: ReadDB) -> Team:
+def get_team(team_id: IdPath, actor: CurrentActor, db: ReadDB) -> Team:
     """One team."""
     return people.get_team(db, actor=actor, team_id=team_id)
 
 
 @router.patch("/{team_id}", response_model=TeamPublic)
-def update_team(team_id: int, data: TeamUpdate, actor: CurrentActor, db: WriteDB) -> Team:
+def update_team(team_id: IdPath, data: TeamUpdate, actor: CurrentActor, db: WriteDB) -> Team:
     """Change a team (admins)."""
     team = people.update_team(db, actor=actor, team_id=team_id, data=data)
     db.commit()
@@ -52,7 +52,7 @@ def update_team(team_id: int, data: TeamUpdate, actor: CurrentActor, db: WriteDB
 
 
 @router.delete("/{team_id}", status_code=204)
-def delete_team(team_id: int, actor: CurrentActor, db: WriteDB) -> Response:
+def delete_team(team_id: IdPath, actor: CurrentActor, db: WriteDB) -> Response:
     """Delete an empty team (admins)."""
     people.delete_team(db, actor=actor, team_id=team_id)
     db.commit()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from leadpilot.api.deps import CurrentActor, PagingDep, ReadDB, WriteDB
+from leadpilot.api.deps import CurrentActor, IdPath, IdQuery, PagingDep, ReadDB, WriteDB
 from leadpilot.crm import people
 from leadpilot.crm.models import Role, User
 from leadpilot.crm.schemas import PageOut, UserCreate, UserPublic, UserUpdate
@@ -18,7 +18,7 @@ def list_users(
     db: ReadDB,
     paging: PagingDep,
     role: Role | None = None,
-    team_id: int | None = None,
+    team_id: IdQuery = None,
     is_active: bool | None = None,
 ) -> PageOut[UserPublic]:
     """List the users the caller may see."""
@@ -44,13 +44,13 @@ def create_user(data: UserCreate, actor: CurrentActor, db: WriteDB) -> User:
 
 
 @router.get("/{user_id}", response_model=UserPublic)
-def get_user(user_id: int, actor: CurrentActor, db: ReadDB) -> User:
+def get_user(user_id: IdPath, actor: CurrentActor, db: ReadDB) -> User:
     """One user."""
     return people.get_user(db, actor=actor, user_id=user_id)
 
 
 @router.patch("/{user_id}", response_model=UserPublic)
-def update_user(user_id: int, data: UserUpdate, actor: CurrentActor, db: WriteDB) -> User:
+def update_user(user_id: IdPath, data: UserUpdate, actor: CurrentActor, db: WriteDB) -> User:
     """Change a user (admins; supervisors limited fields in their subtree)."""
     user = people.update_user(db, actor=actor, user_id=user_id, data=data)
     db.commit()
@@ -58,7 +58,7 @@ def update_user(user_id: int, data: UserUpdate, actor: CurrentActor, db: WriteDB
 
 
 @router.delete("/{user_id}", response_model=UserPublic)
-def deactivate_user(user_id: int, actor: CurrentActor, db: WriteDB) -> User:
+def deactivate_user(user_id: IdPath, actor: CurrentActor, db: WriteDB) -> User:
     """Deactivate a user (admins); users are never hard-deleted, the event log refers to them."""
     user = people.deactivate_user(db, actor=actor, user_id=user_id)
     db.commit()

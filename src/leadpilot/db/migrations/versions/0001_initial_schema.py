@@ -54,26 +54,6 @@ def _drop_append_only_triggers() -> None:
 def upgrade() -> None:
 
     op.create_table(
-        "accounts",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("name", sa.String(length=300), nullable=False),
-        sa.Column("name_key", sa.String(length=300), nullable=False),
-        sa.Column("industry", sa.String(length=120), nullable=True),
-        sa.Column("region", sa.String(length=120), nullable=True),
-        sa.Column("size", sa.String(length=20), nullable=True),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-        sa.CheckConstraint(
-            "size IS NULL OR size IN ('micro', 'small', 'medium', 'large', 'enterprise')",
-            name=op.f("ck_accounts_size"),
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_accounts")),
-        sqlite_autoincrement=True,
-    )
-    with op.batch_alter_table("accounts", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_accounts_name_key"), ["name_key"], unique=False)
-
-    op.create_table(
         "audit_log",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
         sa.Column("at", sa.DateTime(timezone=True), nullable=False),
@@ -82,9 +62,7 @@ def upgrade() -> None:
         sa.Column("entity", sa.String(length=40), nullable=False),
         sa.Column("entity_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True),
         sa.Column(
-            "detail",
-            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
-            nullable=False,
+            "detail", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=False
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_audit_log")),
     )
@@ -102,9 +80,7 @@ def upgrade() -> None:
         sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column(
-            "payload",
-            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
-            nullable=False,
+            "payload", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=False
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_events")),
         sqlite_autoincrement=True,
@@ -124,14 +100,10 @@ def upgrade() -> None:
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("status", sa.String(length=20), nullable=False),
         sa.Column(
-            "counts",
-            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
-            nullable=False,
+            "counts", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=False
         ),
         sa.Column(
-            "errors",
-            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
-            nullable=False,
+            "errors", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=False
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_import_runs")),
     )
@@ -173,29 +145,6 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_teams_parent_id"), ["parent_id"], unique=False)
 
     op.create_table(
-        "contacts",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("account_id", sa.Integer(), nullable=True),
-        sa.Column("name", sa.String(length=200), nullable=False),
-        sa.Column("phone", sa.String(length=20), nullable=True),
-        sa.Column("email", sa.String(length=254), nullable=True),
-        sa.Column("consent", sa.String(length=10), nullable=False),
-        sa.Column("do_not_call", sa.Boolean(), nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-        sa.CheckConstraint("consent IN ('unknown', 'granted', 'denied')", name=op.f("ck_contacts_consent")),
-        sa.ForeignKeyConstraint(
-            ["account_id"], ["accounts.id"], name=op.f("fk_contacts_account_id_accounts"), ondelete="SET NULL"
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_contacts")),
-        sqlite_autoincrement=True,
-    )
-    with op.batch_alter_table("contacts", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_contacts_account_id"), ["account_id"], unique=False)
-        batch_op.create_index(batch_op.f("ix_contacts_email"), ["email"], unique=False)
-        batch_op.create_index(batch_op.f("ix_contacts_phone"), ["phone"], unique=False)
-
-    op.create_table(
         "event_outbox",
         sa.Column("event_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.ForeignKeyConstraint(["event_id"], ["events.id"], name=op.f("fk_event_outbox_event_id_events")),
@@ -216,9 +165,7 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column(
-            "regions",
-            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
-            nullable=False,
+            "regions", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=False
         ),
         sa.Column("daily_capacity", sa.Integer(), nullable=False),
         sa.Column("work_start", sa.String(length=5), nullable=False),
@@ -235,6 +182,58 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("users", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_users_team_id"), ["team_id"], unique=False)
+
+    op.create_table(
+        "accounts",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("name", sa.String(length=300), nullable=False),
+        sa.Column("name_key", sa.String(length=300), nullable=False),
+        sa.Column("industry", sa.String(length=120), nullable=True),
+        sa.Column("region", sa.String(length=120), nullable=True),
+        sa.Column("size", sa.String(length=20), nullable=True),
+        sa.Column("created_by_id", sa.Integer(), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.CheckConstraint(
+            "size IS NULL OR size IN ('micro', 'small', 'medium', 'large', 'enterprise')", name=op.f("ck_accounts_size")
+        ),
+        sa.ForeignKeyConstraint(
+            ["created_by_id"], ["users.id"], name=op.f("fk_accounts_created_by_id_users"), ondelete="SET NULL"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_accounts")),
+        sqlite_autoincrement=True,
+    )
+    with op.batch_alter_table("accounts", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_accounts_created_by_id"), ["created_by_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_accounts_name_key"), ["name_key"], unique=False)
+
+    op.create_table(
+        "contacts",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("account_id", sa.Integer(), nullable=True),
+        sa.Column("name", sa.String(length=200), nullable=False),
+        sa.Column("phone", sa.String(length=20), nullable=True),
+        sa.Column("email", sa.String(length=254), nullable=True),
+        sa.Column("consent", sa.String(length=10), nullable=False),
+        sa.Column("do_not_call", sa.Boolean(), nullable=False),
+        sa.Column("created_by_id", sa.Integer(), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.CheckConstraint("consent IN ('unknown', 'granted', 'denied')", name=op.f("ck_contacts_consent")),
+        sa.ForeignKeyConstraint(
+            ["account_id"], ["accounts.id"], name=op.f("fk_contacts_account_id_accounts"), ondelete="SET NULL"
+        ),
+        sa.ForeignKeyConstraint(
+            ["created_by_id"], ["users.id"], name=op.f("fk_contacts_created_by_id_users"), ondelete="SET NULL"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_contacts")),
+        sqlite_autoincrement=True,
+    )
+    with op.batch_alter_table("contacts", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_contacts_account_id"), ["account_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_contacts_created_by_id"), ["created_by_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_contacts_email"), ["email"], unique=False)
+        batch_op.create_index(batch_op.f("ix_contacts_phone"), ["phone"], unique=False)
 
     op.create_table(
         "leads",
@@ -281,9 +280,9 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_leads_contact_id"), ["contact_id"], unique=False)
         batch_op.create_index("ix_leads_created_at_id", ["created_at", "id"], unique=False)
         batch_op.create_index(batch_op.f("ix_leads_external_id"), ["external_id"], unique=False)
+        batch_op.create_index("ix_leads_owner_stage", ["owner_id", "stage"], unique=False)
         batch_op.create_index(batch_op.f("ix_leads_product_line"), ["product_line"], unique=False)
         batch_op.create_index(batch_op.f("ix_leads_region"), ["region"], unique=False)
-        batch_op.create_index("ix_leads_owner_stage", ["owner_id", "stage"], unique=False)
         batch_op.create_index(batch_op.f("ix_leads_team_id"), ["team_id"], unique=False)
 
     op.create_table(
@@ -328,26 +327,32 @@ def downgrade() -> None:
     op.drop_table("tasks")
     with op.batch_alter_table("leads", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_leads_team_id"))
-        batch_op.drop_index("ix_leads_owner_stage")
         batch_op.drop_index(batch_op.f("ix_leads_region"))
         batch_op.drop_index(batch_op.f("ix_leads_product_line"))
+        batch_op.drop_index("ix_leads_owner_stage")
         batch_op.drop_index(batch_op.f("ix_leads_external_id"))
         batch_op.drop_index("ix_leads_created_at_id")
         batch_op.drop_index(batch_op.f("ix_leads_contact_id"))
         batch_op.drop_index(batch_op.f("ix_leads_account_id"))
 
     op.drop_table("leads")
+    with op.batch_alter_table("contacts", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_contacts_phone"))
+        batch_op.drop_index(batch_op.f("ix_contacts_email"))
+        batch_op.drop_index(batch_op.f("ix_contacts_created_by_id"))
+        batch_op.drop_index(batch_op.f("ix_contacts_account_id"))
+
+    op.drop_table("contacts")
+    with op.batch_alter_table("accounts", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_accounts_name_key"))
+        batch_op.drop_index(batch_op.f("ix_accounts_created_by_id"))
+
+    op.drop_table("accounts")
     with op.batch_alter_table("users", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_users_team_id"))
 
     op.drop_table("users")
     op.drop_table("event_outbox")
-    with op.batch_alter_table("contacts", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_contacts_phone"))
-        batch_op.drop_index(batch_op.f("ix_contacts_email"))
-        batch_op.drop_index(batch_op.f("ix_contacts_account_id"))
-
-    op.drop_table("contacts")
     with op.batch_alter_table("teams", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_teams_parent_id"))
 
@@ -370,7 +375,3 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_audit_log_actor_id"))
 
     op.drop_table("audit_log")
-    with op.batch_alter_table("accounts", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_accounts_name_key"))
-
-    op.drop_table("accounts")
