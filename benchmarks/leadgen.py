@@ -133,10 +133,7 @@ def _format_us(parts: tuple[str, str, str], style: int) -> str:
 def _company(rng: random.Random, i: int, chinese: bool) -> str:
     # The index makes the name unique (no accidental company + product line merges) yet realistic.
     if chinese:
-        return (
-            f"{rng.choice(CN_CO_PLACE)}{rng.choice(CN_CO_WORD)}{rng.choice(CN_CO_KIND)}{i}号"
-            f"{rng.choice(CN_CO_FORM)}"
-        )
+        return f"{rng.choice(CN_CO_PLACE)}{rng.choice(CN_CO_WORD)}{rng.choice(CN_CO_KIND)}{i}号{rng.choice(CN_CO_FORM)}"
     return f"{rng.choice(EN_CO_WORD)} {rng.choice(EN_CO_KIND)} {i} {rng.choice(EN_CO_FORM)}".strip()
 
 
