@@ -6,12 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from leadpilot.api.deps import CurrentActor, IdPath, PagingDep, ReadDB, WriteDB
+from leadpilot.api.deps import CurrentActor, IdPath, PagingDep, ReadDB, SessionReleasingRoute, WriteDB
 from leadpilot.crm import customers
 from leadpilot.crm.models import Account, AccountSize
 from leadpilot.crm.schemas import AccountCreate, AccountPublic, AccountUpdate, PageOut
 
-router = APIRouter(prefix="/accounts", tags=["accounts"])
+router = APIRouter(prefix="/accounts", tags=["accounts"], route_class=SessionReleasingRoute)
 
 
 @router.get("", response_model=PageOut[AccountPublic])

@@ -7,14 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.security import OAuth2PasswordRequestForm
 
-from leadpilot.api.deps import CurrentActor, ReadDB, SettingsDep, WriteDB
+from leadpilot.api.deps import CurrentActor, ReadDB, SessionReleasingRoute, SettingsDep, WriteDB
 from leadpilot.auth.security import authenticate, create_access_token
 from leadpilot.crm.access import SYSTEM, Actor
 from leadpilot.crm.audit import audit
 from leadpilot.crm.models import User
 from leadpilot.crm.schemas import Token, UserPublic
 
-router = APIRouter(prefix="/auth", tags=["auth"])
+router = APIRouter(prefix="/auth", tags=["auth"], route_class=SessionReleasingRoute)
 
 
 @router.post("/token", response_model=Token)

@@ -6,12 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from leadpilot.api.deps import CurrentActor, IdPath, IdQuery, PagingDep, SettingsDep, WriteDB
+from leadpilot.api.deps import CurrentActor, IdPath, IdQuery, PagingDep, SessionReleasingRoute, SettingsDep, WriteDB
 from leadpilot.crm import customers
 from leadpilot.crm.models import Contact
 from leadpilot.crm.schemas import ContactCreate, ContactPublic, ContactUpdate, PageOut
 
-router = APIRouter(prefix="/contacts", tags=["contacts"])
+router = APIRouter(prefix="/contacts", tags=["contacts"], route_class=SessionReleasingRoute)
 
 
 @router.get("", response_model=PageOut[ContactPublic])

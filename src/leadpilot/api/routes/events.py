@@ -6,12 +6,21 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from leadpilot.api.deps import BigIdPath, CurrentActor, IdQuery, PagingDep, ReadDB, TimeQuery, WriteDB
+from leadpilot.api.deps import (
+    BigIdPath,
+    CurrentActor,
+    IdQuery,
+    PagingDep,
+    ReadDB,
+    SessionReleasingRoute,
+    TimeQuery,
+    WriteDB,
+)
 from leadpilot.crm import eventlog
 from leadpilot.crm.models import Event
 from leadpilot.crm.schemas import AuditPublic, EventCreate, EventPublic, PageOut
 
-router = APIRouter(tags=["events"])
+router = APIRouter(tags=["events"], route_class=SessionReleasingRoute)
 
 
 @router.get("/events", response_model=PageOut[EventPublic])

@@ -6,12 +6,21 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from leadpilot.api.deps import CurrentActor, IdPath, IdQuery, PagingDep, ReadDB, TimeQuery, WriteDB
+from leadpilot.api.deps import (
+    CurrentActor,
+    IdPath,
+    IdQuery,
+    PagingDep,
+    ReadDB,
+    SessionReleasingRoute,
+    TimeQuery,
+    WriteDB,
+)
 from leadpilot.crm import leads
 from leadpilot.crm.models import Lead, Stage
 from leadpilot.crm.schemas import AssignRequest, LeadCreate, LeadPublic, LeadUpdate, PageOut, StageChange
 
-router = APIRouter(prefix="/leads", tags=["leads"])
+router = APIRouter(prefix="/leads", tags=["leads"], route_class=SessionReleasingRoute)
 
 Text = Annotated[str | None, Query(max_length=120)]
 

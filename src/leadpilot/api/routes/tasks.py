@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from leadpilot.api.deps import CurrentActor, IdPath, IdQuery, PagingDep, ReadDB, TimeQuery, WriteDB
+from leadpilot.api.deps import (
+    CurrentActor,
+    IdPath,
+    IdQuery,
+    PagingDep,
+    ReadDB,
+    SessionReleasingRoute,
+    TimeQuery,
+    WriteDB,
+)
 from leadpilot.crm import tasks
 from leadpilot.crm.models import Task, TaskStatus
 from leadpilot.crm.schemas import PageOut, TaskCreate, TaskPublic, TaskUpdate
 
-router = APIRouter(prefix="/tasks", tags=["tasks"])
+router = APIRouter(prefix="/tasks", tags=["tasks"], route_class=SessionReleasingRoute)
 
 
 @router.get("", response_model=PageOut[TaskPublic])

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from leadpilot.api.deps import CurrentActor, IdPath, IdQuery, PagingDep, ReadDB, WriteDB
+from leadpilot.api.deps import CurrentActor, IdPath, IdQuery, PagingDep, ReadDB, SessionReleasingRoute, WriteDB
 from leadpilot.crm import people
 from leadpilot.crm.models import Team, TeamKind
 from leadpilot.crm.schemas import PageOut, TeamCreate, TeamPublic, TeamUpdate
 
-router = APIRouter(prefix="/teams", tags=["teams"])
+router = APIRouter(prefix="/teams", tags=["teams"], route_class=SessionReleasingRoute)
 
 
 @router.get("", response_model=PageOut[TeamPublic])

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from leadpilot.api.deps import CurrentActor, IdPath, IdQuery, PagingDep, ReadDB, WriteDB
+from leadpilot.api.deps import CurrentActor, IdPath, IdQuery, PagingDep, ReadDB, SessionReleasingRoute, WriteDB
 from leadpilot.crm import people
 from leadpilot.crm.models import Role, User
 from leadpilot.crm.schemas import PageOut, UserCreate, UserPublic, UserUpdate
 
-router = APIRouter(prefix="/users", tags=["users"])
+router = APIRouter(prefix="/users", tags=["users"], route_class=SessionReleasingRoute)
 
 
 @router.get("", response_model=PageOut[UserPublic])
