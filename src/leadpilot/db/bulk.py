@@ -6,11 +6,12 @@ RETURNING round trip, and lets it prepare the next batch while the previous one 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from itertools import chain
 from typing import Any
 
-from sqlalchemy import Engine, Table, text
+from sqlalchemy import JSON, Connection, Engine, Table, text
 from sqlalchemy.orm import Session
 
 # SQLite's default limit on bound parameters per statement (SQLITE_MAX_VARIABLE_NUMBER, 3.32+).
@@ -60,6 +61,9 @@ def bulk_insert(session: Session, table: Table, rows: Sequence[dict[str, Any]]) 
         return
     conn = session.connection()
     dialect = conn.dialect
+    if dialect.name == "postgresql":
+        _copy_rows(conn, table, rows)
+        return
     if dialect.name != "sqlite":
         conn.execute(table.insert(), list(rows))
         return
@@ -87,6 +91,22 @@ def bulk_insert(session: Session, table: Table, rows: Sequence[dict[str, Any]]) 
         chunk = tuples[start : start + per_statement]
         sql = f'INSERT INTO "{table.name}" ({quoted}) VALUES ' + ", ".join([one_row] * len(chunk))  # noqa: S608
         conn.exec_driver_sql(sql, tuple(chain.from_iterable(chunk)))
+
+
+def _copy_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+    """PostgreSQL: COPY ... FROM STDIN in the session's transaction (several times faster than INSERTs)."""
+    names = list(rows[0])
+    as_json = {n for n in names if isinstance(table.c[n].type, JSON)}
+    columns = ", ".join(f'"{n}"' for n in names)
+    driver: Any = conn.connection.driver_connection
+    with driver.cursor() as cursor, cursor.copy(f'COPY "{table.name}" ({columns}) FROM STDIN') as copy:
+        for row in rows:
+            copy.write_row(
+                [
+                    json.dumps(row[n], ensure_ascii=False) if n in as_json and row[n] is not None else row[n]
+                    for n in names
+                ]
+            )
 
 
 def refresh_statistics(engine: Engine) -> None:

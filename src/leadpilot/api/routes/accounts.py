@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from leadpilot.api.deps import CurrentActor, IdPath, PagingDep, ReadDB, SessionReleasingRoute, WriteDB
+from leadpilot.api.deps import CurrentActor, IdPath, PagingDep, ReadDB, SessionReleasingRoute, WriteDB, page_response
 from leadpilot.crm import customers
 from leadpilot.crm.models import Account, AccountSize
 from leadpilot.crm.schemas import AccountCreate, AccountPublic, AccountUpdate, PageOut
@@ -23,7 +23,7 @@ def list_accounts(
     industry: Annotated[str | None, Query(max_length=120)] = None,
     region: Annotated[str | None, Query(max_length=120)] = None,
     size: AccountSize | None = None,
-) -> PageOut[AccountPublic]:
+) -> Response:
     """List accounts the caller may see."""
     page = customers.list_accounts(
         db,
@@ -36,7 +36,7 @@ def list_accounts(
         cursor=paging.cursor,
         limit=paging.limit,
     )
-    return PageOut(items=[AccountPublic.model_validate(a) for a in page.items], next_cursor=page.next_cursor)
+    return page_response(page, AccountPublic)
 
 
 @router.post("", response_model=AccountPublic, status_code=201)

@@ -6,7 +6,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from leadpilot.api.deps import CurrentActor, IdPath, IdQuery, PagingDep, SessionReleasingRoute, SettingsDep, WriteDB
+from leadpilot.api.deps import (
+    CurrentActor,
+    IdPath,
+    IdQuery,
+    PagingDep,
+    SessionReleasingRoute,
+    SettingsDep,
+    WriteDB,
+    page_response,
+)
 from leadpilot.crm import customers
 from leadpilot.crm.models import Contact
 from leadpilot.crm.schemas import ContactCreate, ContactPublic, ContactUpdate, PageOut
@@ -24,7 +33,7 @@ def list_contacts(
     phone: Annotated[str | None, Query(max_length=40)] = None,
     email: Annotated[str | None, Query(max_length=254)] = None,
     do_not_call: bool | None = None,
-) -> PageOut[ContactPublic]:
+) -> Response:
     """List contacts the caller may see."""
     page = customers.list_contacts(
         db,
@@ -39,7 +48,7 @@ def list_contacts(
         default_region=settings.default_phone_region,
     )
     db.commit()
-    return PageOut(items=[ContactPublic.model_validate(c) for c in page.items], next_cursor=page.next_cursor)
+    return page_response(page, ContactPublic)
 
 
 @router.post("", response_model=ContactPublic, status_code=201)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 
 from leadpilot.api.deps import (
     BigIdPath,
@@ -15,6 +15,7 @@ from leadpilot.api.deps import (
     SessionReleasingRoute,
     TimeQuery,
     WriteDB,
+    page_response,
 )
 from leadpilot.crm import eventlog
 from leadpilot.crm.models import Event
@@ -33,7 +34,7 @@ def list_events(
     actor_id: IdQuery = None,
     after: TimeQuery = None,
     before: TimeQuery = None,
-) -> PageOut[EventPublic]:
+) -> Response:
     """Events about the leads the caller may see, oldest first (sort=-id for newest first)."""
     page = eventlog.list_events(
         db,
@@ -47,7 +48,7 @@ def list_events(
         cursor=paging.cursor,
         limit=paging.limit,
     )
-    return PageOut(items=[EventPublic.model_validate(e) for e in page.items], next_cursor=page.next_cursor)
+    return page_response(page, EventPublic)
 
 
 @router.post("/events", response_model=EventPublic, status_code=201)
@@ -73,7 +74,7 @@ def list_audit(
     entity_id: IdQuery = None,
     action: Annotated[str | None, Query(max_length=30)] = None,
     actor_id: IdQuery = None,
-) -> PageOut[AuditPublic]:
+) -> Response:
     """The audit log, newest first (admins)."""
     page = eventlog.list_audit(
         db,
@@ -86,4 +87,4 @@ def list_audit(
         cursor=paging.cursor,
         limit=paging.limit,
     )
-    return PageOut(items=[AuditPublic.model_validate(a) for a in page.items], next_cursor=page.next_cursor)
+    return page_response(page, AuditPublic)

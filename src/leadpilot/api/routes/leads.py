@@ -15,6 +15,7 @@ from leadpilot.api.deps import (
     SessionReleasingRoute,
     TimeQuery,
     WriteDB,
+    page_response,
 )
 from leadpilot.crm import leads
 from leadpilot.crm.models import Lead, Stage
@@ -45,7 +46,7 @@ def list_leads(
     created_after: TimeQuery = None,
     created_before: TimeQuery = None,
     q: Annotated[str | None, Query(max_length=200, description="text in the title")] = None,
-) -> PageOut[LeadPublic]:
+) -> Response:
     """Leads the caller may see: sales their own and the pool, supervisors their subtree, admins all."""
     filters = leads.LeadFilters(
         stage=[s.value for s in stage] if stage else None,
@@ -67,7 +68,7 @@ def list_leads(
     page = leads.list_leads(
         db, actor=actor, filters=filters, sort=paging.sort or "-created_at", cursor=paging.cursor, limit=paging.limit
     )
-    return PageOut(items=[LeadPublic.model_validate(x) for x in page.items], next_cursor=page.next_cursor)
+    return page_response(page, LeadPublic)
 
 
 @router.post("", response_model=LeadPublic, status_code=201)

@@ -13,6 +13,7 @@ from leadpilot.api.deps import (
     SessionReleasingRoute,
     TimeQuery,
     WriteDB,
+    page_response,
 )
 from leadpilot.crm import tasks
 from leadpilot.crm.models import Task, TaskStatus
@@ -30,7 +31,7 @@ def list_tasks(
     lead_id: IdQuery = None,
     status: TaskStatus | None = None,
     due_before: TimeQuery = None,
-) -> PageOut[TaskPublic]:
+) -> Response:
     """Tasks the caller may see."""
     page = tasks.list_tasks(
         db,
@@ -43,7 +44,7 @@ def list_tasks(
         cursor=paging.cursor,
         limit=paging.limit,
     )
-    return PageOut(items=[TaskPublic.model_validate(t) for t in page.items], next_cursor=page.next_cursor)
+    return page_response(page, TaskPublic)
 
 
 @router.post("", response_model=TaskPublic, status_code=201)

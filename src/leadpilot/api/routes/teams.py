@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from leadpilot.api.deps import CurrentActor, IdPath, IdQuery, PagingDep, ReadDB, SessionReleasingRoute, WriteDB
+from leadpilot.api.deps import (
+    CurrentActor,
+    IdPath,
+    IdQuery,
+    PagingDep,
+    ReadDB,
+    SessionReleasingRoute,
+    WriteDB,
+    page_response,
+)
 from leadpilot.crm import people
 from leadpilot.crm.models import Team, TeamKind
 from leadpilot.crm.schemas import PageOut, TeamCreate, TeamPublic, TeamUpdate
@@ -15,7 +24,7 @@ router = APIRouter(prefix="/teams", tags=["teams"], route_class=SessionReleasing
 @router.get("", response_model=PageOut[TeamPublic])
 def list_teams(
     actor: CurrentActor, db: ReadDB, paging: PagingDep, kind: TeamKind | None = None, parent_id: IdQuery = None
-) -> PageOut[TeamPublic]:
+) -> Response:
     """List teams."""
     page = people.list_teams(
         db,
@@ -26,7 +35,7 @@ def list_teams(
         cursor=paging.cursor,
         limit=paging.limit,
     )
-    return PageOut(items=[TeamPublic.model_validate(t) for t in page.items], next_cursor=page.next_cursor)
+    return page_response(page, TeamPublic)
 
 
 @router.post("", response_model=TeamPublic, status_code=201)

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
-from leadpilot.api.deps import CurrentActor, IdPath, IdQuery, PagingDep, ReadDB, SessionReleasingRoute, WriteDB
+from leadpilot.api.deps import (
+    CurrentActor,
+    IdPath,
+    IdQuery,
+    PagingDep,
+    ReadDB,
+    SessionReleasingRoute,
+    WriteDB,
+    page_response,
+)
 from leadpilot.crm import people
 from leadpilot.crm.models import Role, User
 from leadpilot.crm.schemas import PageOut, UserCreate, UserPublic, UserUpdate
@@ -20,7 +29,7 @@ def list_users(
     role: Role | None = None,
     team_id: IdQuery = None,
     is_active: bool | None = None,
-) -> PageOut[UserPublic]:
+) -> Response:
     """List the users the caller may see."""
     page = people.list_users(
         db,
@@ -32,7 +41,7 @@ def list_users(
         cursor=paging.cursor,
         limit=paging.limit,
     )
-    return PageOut(items=[UserPublic.model_validate(u) for u in page.items], next_cursor=page.next_cursor)
+    return page_response(page, UserPublic)
 
 
 @router.post("", response_model=UserPublic, status_code=201)
