@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -34,24 +34,18 @@ def get_engine(request: Request) -> Engine:
     return request.app.state.engine
 
 
-def write_session(request: Request) -> Iterator[Session]:
+# Sessions connect lazily, so creating one is no I/O: async dependencies, no thread-pool hop. The route
+# class below closes them (rolling back anything uncommitted) as soon as the endpoint returns or fails.
+
+
+async def write_session(request: Request) -> Session:
     """A session for requests that write (including reads that write an audit row); routes commit."""
-    session = Session(bind=get_engine(request), expire_on_commit=False)
-    try:
-        yield session
-    finally:
-        session.rollback()
-        session.close()
+    return Session(bind=get_engine(request), expire_on_commit=False)
 
 
-def read_session(request: Request) -> Iterator[Session]:
+async def read_session(request: Request) -> Session:
     """A session for pure reads (SQLite: a deferred transaction that never waits for writers)."""
-    session = Session(bind=read_only_engine(get_engine(request)), expire_on_commit=False)
-    try:
-        yield session
-    finally:
-        session.rollback()
-        session.close()
+    return Session(bind=read_only_engine(get_engine(request)), expire_on_commit=False)
 
 
 class SessionReleasingRoute(APIRoute):
