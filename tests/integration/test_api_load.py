@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import shutil
-import socket
-import threading
-import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-import pytest
-import uvicorn
 
 from leadpilot.api.app import create_app
 from leadpilot.auth.security import create_access_token
 from leadpilot.config import Settings
 from leadpilot.db.engine import make_engine
-from tests.conftest import build_org
+from tests.conftest import build_org, serve_in_thread
 
 
 def test_many_concurrent_reads_with_a_tiny_pool(sqlite_template: Path, tmp_path: Path, settings: Settings) -> None:
@@ -29,22 +24,9 @@ def test_many_concurrent_reads_with_a_tiny_pool(sqlite_template: Path, tmp_path:
     engine = make_engine(f"sqlite:///{path}", pool_size=2, max_overflow=0, pool_timeout=5)
     org = build_org(engine)
     token = create_access_token(org.users["admin"], secret=settings.resolved_secret_key(), minutes=5)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings, engine=engine), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline:
-            pytest.fail("test server did not start")
-        time.sleep(0.02)
-    try:
+    with serve_in_thread(create_app(settings, engine=engine)) as base_url:
         headers = {"Authorization": f"Bearer {token}"}
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=30) as http:
+        with httpx.Client(base_url=base_url, headers=headers, timeout=30) as http:
 
             def hit(i: int) -> int:
                 path = ("/api/v1/leads", "/api/v1/users", "/api/v1/contacts", "/api/v1/events")[i % 4]
@@ -52,8 +34,5 @@ def test_many_concurrent_reads_with_a_tiny_pool(sqlite_template: Path, tmp_path:
 
             with ThreadPoolExecutor(max_workers=60) as pool:
                 statuses = Counter(pool.map(hit, range(600)))
-        assert statuses == {200: 600}
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        engine.dispose()
+    engine.dispose()
+    assert statuses == {200: 600}

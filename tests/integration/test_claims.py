@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
@@ -19,35 +16,17 @@ from leadpilot.config import Settings
 from leadpilot.crm import leads, people, schemas
 from leadpilot.crm.access import SYSTEM
 from leadpilot.crm.models import Event, Lead, Role, Stage
-from tests.conftest import PASSWORD, Org
+from tests.conftest import PASSWORD, Org, serve_in_thread
 
 CLAIMERS = ["alice", "bob", "sup_east", "c1", "c2", "c3"]
 LEADS = 8
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def server_url(engine: Engine, settings: Settings) -> Iterator[str]:
     """A real uvicorn server on a free port, serving the app over the test database."""
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings, engine=engine), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline:
-            pytest.fail("test server did not start")
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_in_thread(create_app(settings, engine=engine)) as url:
+        yield url
 
 
 def _pool_leads(org: Org, n: int) -> list[int]:
