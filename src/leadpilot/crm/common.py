@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, select
+from sqlalchemy import ColumnElement, select, true
 from sqlalchemy.orm import Session
 
 from leadpilot.crm.errors import Invalid, NotFound
@@ -52,8 +52,7 @@ def redact(diff: dict[str, Any], secret_fields: frozenset[str]) -> dict[str, Any
 
 def require_exists(session: Session, model: type, obj_id: Any, field: str) -> None:
     """Refuse a reference to a row that does not exist, naming the field."""
-    if obj_id is not None and session.get(model, obj_id) is None:
-        raise Invalid(f"{field} {obj_id} does not exist", field=field)
+    require_visible(session, model, obj_id, true(), field)
 
 
 def require_visible(session: Session, model: type, obj_id: Any, scope: ColumnElement[bool], field: str) -> None:

@@ -10,8 +10,8 @@ from leadpilot.auth.security import hash_password
 from leadpilot.crm import schemas
 from leadpilot.crm.access import Actor, can_manage_user, team_subtree, user_scope
 from leadpilot.crm.audit import audit
-from leadpilot.crm.common import apply_changes, get_visible, redact
-from leadpilot.crm.errors import Conflict, Forbidden, Invalid, NotFound
+from leadpilot.crm.common import apply_changes, get_visible, redact, require_exists
+from leadpilot.crm.errors import Conflict, Forbidden, NotFound
 from leadpilot.crm.listing import Page, paginate, sort_keys
 from leadpilot.crm.models import Role, Team, User
 
@@ -28,9 +28,8 @@ def _require_admin(actor: Actor, what: str) -> None:
         raise Forbidden(f"only an admin may {what}")
 
 
-def _check_team(session: Session, team_id: int | None) -> None:
-    if team_id is not None and session.get(Team, team_id) is None:
-        raise Invalid(f"team {team_id} does not exist", field="team_id")
+def _check_team(session: Session, team_id: int | None, field: str = "team_id") -> None:
+    require_exists(session, Team, team_id, field)
 
 
 # --- teams -------------------------------------------------------------------------------------
@@ -63,7 +62,7 @@ def get_team(session: Session, *, actor: Actor, team_id: int) -> Team:
 def create_team(session: Session, *, actor: Actor, data: schemas.TeamCreate) -> Team:
     """Create a team (admins)."""
     _require_admin(actor, "create teams")
-    _check_team(session, data.parent_id)
+    _check_team(session, data.parent_id, "parent_id")
     if session.scalar(select(Team.id).where(Team.name == data.name)) is not None:
         raise Conflict(f"a team named {data.name!r} already exists", field="name")
     team = Team(name=data.name, kind=data.kind.value, parent_id=data.parent_id)
@@ -79,7 +78,7 @@ def update_team(session: Session, *, actor: Actor, team_id: int, data: schemas.T
     team = get_team(session, actor=actor, team_id=team_id)
     changes = data.model_dump(exclude_unset=True)
     if "parent_id" in changes and changes["parent_id"] is not None:
-        _check_team(session, changes["parent_id"])
+        _check_team(session, changes["parent_id"], "parent_id")
         if changes["parent_id"] in team_subtree(session, team.id):
             raise Conflict("a team cannot be moved under itself or one of its sub-teams", field="parent_id")
     diff = apply_changes(team, changes)
