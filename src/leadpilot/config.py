@@ -42,6 +42,15 @@ class Settings(BaseSettings):
     import_batch_size: int = Field(default=5_000, ge=1)
     # Processes validating rows while the main process writes; 0 validates inline.
     import_workers: int = Field(default_factory=lambda: max(1, min(4, (os.cpu_count() or 2) - 1)), ge=0)
+    # Feature pipeline: engine, dictionary file (empty: the shipped default), history retention.
+    feature_engine: Literal["duckdb", "spark"] = "duckdb"
+    feature_dictionary: Path | None = None
+    feature_retention_days: int = Field(default=548, ge=1)
+
+    @property
+    def feature_dir(self) -> Path:
+        """Where the feature store (lake, tiles, history) lives."""
+        return self.data_dir / "features"
 
     @field_validator("default_phone_region")
     @classmethod

@@ -124,3 +124,50 @@ def test_relay_needs_redis_configured(cli_env: Path) -> None:
     run("init")
     result = runner.invoke(app, ["events", "relay"])
     assert result.exit_code == 1 and "LEADPILOT_REDIS_URL" in result.output
+
+
+def test_features_pipeline_from_the_command_line(cli_env: Path) -> None:
+    run("init")
+    run("simulate", "--scale", "tiny", "--days", "60", "--json")
+    listing = run("features", "list", "--json")
+    assert listing["derived_total"] >= 1_000 and listing["features"][0]["explanation"]
+    derived = run("features", "list", "--derived", "--search", "calls_connected__housing", "--limit", "3", "--json")
+    assert len(derived["features"]) == 3 and derived["total"] > 3
+    described = run("features", "describe", "calls_connected__housing__count__30d", "--json")
+    assert described["id"] == 90_113 and described["source"]["events"] == ["call_connected"]
+    computed = run("features", "compute", "--json")
+    assert computed["values_written"] > 0 and computed["sync"]["events_copied"] > 0
+    day = computed["days"][0]
+    again = run("features", "compute", "--date", day, "--json")
+    assert again["keys_changed"] == 0 and again["sync"]["events_copied"] == 0
+    out = cli_env / "leads.svm"
+    exported = run("features", "export", "--format", "libsvm", "--out", str(out), "--json")
+    assert exported["rows"] > 0 and out.exists() and (cli_env / "leads.svm.keys.csv").exists()
+    first = out.read_text().splitlines()[0].split()
+    ids = [int(cell.split(":")[0]) for cell in first[1:]]
+    assert first[0] == "0" and ids == sorted(ids)
+    lead = (cli_env / "leads.svm.keys.csv").read_text().splitlines()[1].split(",")[0]
+    shown = run("features", "show", lead, "--json")
+    assert shown["as_of"] == day and shown["total"] == len(first) - 1
+    name = shown["features"][0]["name"]
+    hist = run("features", "history", lead, name, "--json")
+    assert hist["history"] and hist["history"][-1]["valid_to"] is None
+    status = run("features", "status", "--json")
+    assert status["last_run"] == day and status["history"]["rows"] > 0
+
+
+def test_features_errors_are_one_clear_line(cli_env: Path) -> None:
+    run("init")
+    bad = cli_env / "bad.yaml"
+    bad.write_text(
+        "buckets: [{code: 0, name: all}]\nfeatures:\n  - {id: 1, name: x, dimension: lead, explanation: x, "
+        "source: {events: [a]}, functions: [MEDIAN]}\n"
+    )
+    result = runner.invoke(app, ["features", "list", "--dictionary", str(bad)])
+    assert result.exit_code == 1 and "features[0] (x): unknown function 'MEDIAN'" in result.output
+    result = runner.invoke(app, ["features", "compute", "--backfill", "2026-02-01", "2026-01-01"])
+    assert result.exit_code == 1 and "wrong order" in result.output
+    result = runner.invoke(app, ["features", "show", "1"])
+    assert result.exit_code == 1 and "no features computed yet" in result.output
+    result = runner.invoke(app, ["features", "export", "--format", "csv", "--out", "x"])
+    assert result.exit_code == 1 and "unknown format 'csv'" in result.output

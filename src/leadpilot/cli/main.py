@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from leadpilot import __version__
-from leadpilot.cli import db, events, imports, simulate, users
+from leadpilot.cli import db, events, features, imports, simulate, users
 from leadpilot.cli.common import console, emit_json, engine, require_migrated, settings
 from leadpilot.cli.demo import demo_command
 from leadpilot.db import migrate
@@ -21,6 +21,7 @@ app.add_typer(imports.app, name="import")
 app.add_typer(db.app, name="db")
 app.add_typer(events.app, name="events")
 app.add_typer(simulate.app, name="simulate")
+app.add_typer(features.app, name="features")
 app.command("demo")(demo_command)
 
 

@@ -1,0 +1,353 @@
+"""``leadpilot features``: browse the dictionary, compute, inspect and export features."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from leadpilot.cli.common import console, emit_json, engine, fail, require_migrated, settings
+from leadpilot.features.dictionary import (
+    BaseFeature,
+    DerivedFeature,
+    DictionaryError,
+    Dimension,
+    FeatureDictionary,
+    TableSource,
+    load,
+)
+from leadpilot.features.engines import EngineUnavailable
+from leadpilot.features.export import FORMATS, write_json, write_libsvm, write_parquet
+from leadpilot.features.store import FeatureStore, FeatureStoreError
+
+app = typer.Typer(help="The feature pipeline: dictionary, compute, history, export.", no_args_is_help=True)
+
+DICTIONARY_OPTION = typer.Option(None, "--dictionary", help="Dictionary YAML (default: the configured one).")
+DIMENSION_OPTION = typer.Option(
+    Dimension.LEAD.value, "--dimension", help="lead, account, salesperson or lead_salesperson."
+)
+JSON_OPTION = typer.Option(False, "--json", help="Print JSON.")
+
+
+def _dictionary(path: Path | None) -> FeatureDictionary:
+    try:
+        return load(path or settings().feature_dictionary)
+    except DictionaryError as exc:
+        fail(str(exc))
+        raise  # unreachable: fail exits
+
+
+def _store(dictionary_path: Path | None, engine_name: str | None = None) -> FeatureStore:
+    cfg = settings()
+    try:
+        return FeatureStore(
+            cfg.feature_dir,
+            _dictionary(dictionary_path),
+            engine=engine_name or cfg.feature_engine,
+            retention_days=cfg.feature_retention_days,
+        )
+    except (EngineUnavailable, FeatureStoreError) as exc:
+        fail(str(exc))
+        raise
+
+
+def _dimension(value: str) -> Dimension:
+    try:
+        return Dimension(value)
+    except ValueError:
+        fail(f"unknown dimension {value!r} (known: {', '.join(d.value for d in Dimension)})")
+        raise
+
+
+def _date(value: str | None, what: str) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        fail(f"{what} {value!r} is not a date (YYYY-MM-DD)")
+        raise
+
+
+def _key(entity: str) -> tuple[int, int]:
+    """``123`` or ``123:45`` (lead:salesperson)."""
+    try:
+        parts = [int(p) for p in entity.split(":")]
+    except ValueError:
+        fail(f"entity {entity!r} is not an id (use 123, or lead:salesperson like 123:45)")
+        raise
+    if len(parts) > 2:
+        fail(f"entity {entity!r} has more than two parts")
+    return (parts[0], parts[1] if len(parts) == 2 else 0)
+
+
+def _feature(dictionary: FeatureDictionary, name_or_id: str) -> DerivedFeature | BaseFeature:
+    try:
+        return dictionary.by_id(int(name_or_id)) if name_or_id.isdigit() else dictionary.by_name(name_or_id)
+    except KeyError:
+        fail(f"no feature {name_or_id!r} in {dictionary.source_path} (try `leadpilot features list --search ...`)")
+        raise
+
+
+@app.command("list")
+def list_features(
+    dimension: str | None = typer.Option(None, "--dimension", help="Only this dimension."),
+    search: str | None = typer.Option(None, "--search", help="Only features whose name contains this text."),
+    derived: bool = typer.Option(False, "--derived", help="List derived features (base × bucket × function × window)."),
+    limit: int = typer.Option(100, "--limit", min=1, help="At most this many derived features."),
+    dictionary_path: Path | None = DICTIONARY_OPTION,
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """Browse the feature dictionary: base features with explanations, or the derived features."""
+    dictionary = _dictionary(dictionary_path)
+    dim = _dimension(dimension) if dimension else None
+    rows: list[dict[str, object]]
+    if derived:
+        rows = [
+            {"id": d.id, "name": d.name, "dimension": d.base.dimension.value, "explanation": d.explanation}
+            for d in dictionary.derived
+            if (dim is None or d.base.dimension == dim) and (not search or search in d.name)
+        ]
+        total = len(rows)
+        rows = rows[:limit]
+    else:
+        rows = [
+            {
+                "id": b.id,
+                "name": b.name,
+                "dimension": b.dimension.value,
+                "functions": [f.value for f in b.functions],
+                "windows": list(b.windows),
+                "by_product_line": b.by_product_line,
+                "explanation": b.explanation,
+            }
+            for b in dictionary.base_features
+            if (dim is None or b.dimension == dim) and (not search or search in b.name)
+        ]
+        total = len(rows)
+    if json_out:
+        emit_json({"total": total, "derived_total": len(dictionary.derived), "features": rows})
+        return
+    table = Table("id", "name", "dimension", "explanation", title=f"{dictionary.source_path}")
+    for r in rows:
+        table.add_row(str(r["id"]), str(r["name"]), str(r["dimension"]), str(r["explanation"]))
+    console.print(table)
+    console.print(f"{total} shown of {len(dictionary.base_features)} base / {len(dictionary.derived)} derived features")
+
+
+@app.command("describe")
+def describe(
+    feature: str = typer.Argument(..., help="A base or derived feature name, or a derived id."),
+    dictionary_path: Path | None = DICTIONARY_OPTION,
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """One feature's definition: source, functions, windows and what it means."""
+    dictionary = _dictionary(dictionary_path)
+    found = _feature(dictionary, feature)
+    base = found.base if isinstance(found, DerivedFeature) else found
+    source = base.source
+    source_data: dict[str, object]
+    if isinstance(source, TableSource):
+        source_data = {"table": source.table, "value": source.value.text}
+    else:
+        source_data = {
+            "events": list(source.events),
+            "filter": source.filter.text if source.filter else None,
+            "value": source.value.text if source.value else None,
+            "distinct": source.distinct.text if source.distinct else None,
+        }
+    data: dict[str, object] = {
+        "name": found.name,
+        "id": found.id,
+        "dimension": base.dimension.value,
+        "explanation": found.explanation,
+        "source": source_data,
+        "derived": [d.name for d in dictionary.derived if d.base is base][:50] if found is base else None,
+    }
+    if json_out:
+        emit_json(data)
+    else:
+        for k, v in data.items():
+            if v is not None:
+                console.print(f"[bold]{k}[/]: {v}")
+
+
+@app.command("compute")
+def compute(
+    on_date: str | None = typer.Option(
+        None, "--date", help="Compute the features as of the end of this day (YYYY-MM-DD)."
+    ),
+    backfill: tuple[str, str] | None = typer.Option(None, "--backfill", help="Compute every day FROM TO (inclusive)."),
+    engine_name: str | None = typer.Option(None, "--engine", help="duckdb or spark (default: the configured one)."),
+    dictionary_path: Path | None = DICTIONARY_OPTION,
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """Sync the event lake, update tiles and fold the day's snapshot into the history (the daily job)."""
+    eng = engine()
+    require_migrated(eng)
+    day = _date(on_date, "--date")
+    span = (_date(backfill[0], "--backfill FROM"), _date(backfill[1], "--backfill TO")) if backfill else None
+    store = _store(dictionary_path, engine_name)
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        try:
+            report = store.compute(eng, day=day, backfill=span, progress=progress)  # type: ignore[arg-type]
+        except FeatureStoreError as exc:
+            fail(str(exc))
+            return
+    data = report.to_json()
+    if json_out:
+        emit_json(data)
+        return
+    sync = report.sync
+    rejected = f", {sync.rejected_total} events rejected" if sync and sync.rejected_total else ""
+    console.print(
+        f"computed {len(report.days)} day(s) up to {report.days[-1]}: {report.values_written:,} values, "
+        f"{report.keys_changed:,} changed, {report.tile_days_rebuilt} tile days rebuilt, "
+        f"{sync.events_copied if sync else 0:,} new events{rejected} in {report.seconds:.1f} s"
+    )
+    for r in sync.rejected[:10] if sync else []:
+        console.print(f"  event {r.id}: {r.reason}")
+
+
+def _latest_run(store: FeatureStore, on_date: str | None) -> date:
+    day = _date(on_date, "--date")
+    if day is not None:
+        return day
+    runs = store.runs()
+    if not runs:
+        fail("no features computed yet: run `leadpilot features compute`")
+    return runs[-1]
+
+
+@app.command("show")
+def show(
+    entity: str = typer.Argument(..., help="Entity id (lead, account or user id; lead:user for pairs)."),
+    dimension: str = DIMENSION_OPTION,
+    on_date: str | None = typer.Option(None, "--date", help="As of the end of this day (default: the latest run)."),
+    limit: int = typer.Option(50, "--limit", min=1, help="At most this many features."),
+    dictionary_path: Path | None = DICTIONARY_OPTION,
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """An entity's stored feature values with their explanations."""
+    store = _store(dictionary_path)
+    dim = _dimension(dimension)
+    key = _key(entity)
+    day = _latest_run(store, on_date)
+    values = store.values_at(dim, day, [key]).row(*key)
+    rows = [
+        {
+            "id": fid,
+            "name": store.dictionary.by_id(fid).name,
+            "value": v,
+            "explanation": store.dictionary.by_id(fid).explanation,
+        }
+        for fid, v in sorted(values.items())
+    ]
+    if json_out:
+        emit_json(
+            {
+                "entity": entity,
+                "dimension": dim.value,
+                "as_of": day.isoformat(),
+                "total": len(rows),
+                "features": rows[:limit],
+            }
+        )
+        return
+    table = Table("name", "value", "explanation", title=f"{dim.value} {entity} as of {day}")
+    for r in rows[:limit]:
+        table.add_row(str(r["name"]), f"{r['value']:g}", str(r["explanation"]))
+    console.print(table)
+    console.print(f"{len(rows)} non-zero features (absent = 0)")
+
+
+@app.command("history")
+def feature_history(
+    entity: str = typer.Argument(..., help="Entity id (lead:user for pairs)."),
+    feature: str = typer.Argument(..., help="Derived feature name or id."),
+    dictionary_path: Path | None = DICTIONARY_OPTION,
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """Every value one feature of one entity has had, with the days it held (the zipper rows)."""
+    store = _store(dictionary_path)
+    found = _feature(store.dictionary, feature)
+    if not isinstance(found, DerivedFeature):
+        fail(f"{feature!r} is a base feature; give a derived one, e.g. {store.dictionary.derived[0].name}")
+        return
+    rows = store.feature_history(found.base.dimension, _key(entity), found.id)
+    if json_out:
+        emit_json({"entity": entity, "feature": found.name, "history": rows})
+        return
+    for r in rows:
+        console.print(f"{r['valid_from']} .. {r['valid_to'] or 'now':10}  {r['value']:g}")
+    if not rows:
+        console.print(f"{found.name} has always been 0 (or absent) for {entity}")
+
+
+@app.command("export")
+def export(
+    fmt: str = typer.Option("libsvm", "--format", help=f"One of {', '.join(FORMATS)}."),
+    out: Path = typer.Option(..., "--out", help="Output file."),
+    dimension: str = DIMENSION_OPTION,
+    on_date: str | None = typer.Option(None, "--date", help="As of the end of this day (default: the latest run)."),
+    dictionary_path: Path | None = DICTIONARY_OPTION,
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """Write one dimension's stored feature matrix (LibSVM with a .keys.csv beside it, JSON lines or Parquet)."""
+    if fmt not in FORMATS:
+        fail(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
+    store = _store(dictionary_path)
+    dim = _dimension(dimension)
+    day = _latest_run(store, on_date)
+    matrix = store.values_at(dim, day)
+    if fmt == "libsvm":
+        size = write_libsvm(matrix, out)
+    elif fmt == "json":
+        size = write_json(matrix, out, store.dictionary)
+    else:
+        size = write_parquet(matrix, out)
+    data = {
+        "out": str(out),
+        "format": fmt,
+        "rows": matrix.shape[0],
+        "columns": matrix.shape[1],
+        "nnz": int(matrix.matrix.nnz),
+        "bytes": size,
+        "as_of": day.isoformat(),
+    }
+    if json_out:
+        emit_json(data)
+    else:
+        console.print(
+            f"wrote {data['rows']:,} {dim.value} rows × {data['columns']} features "
+            f"({data['nnz']:,} values, {size:,} bytes) to {out}"
+        )
+
+
+@app.command("status")
+def status(dictionary_path: Path | None = DICTIONARY_OPTION, json_out: bool = JSON_OPTION) -> None:
+    """What the feature store holds: lake high-water mark, runs, history size."""
+    store = _store(dictionary_path)
+    runs = store.runs()
+    data = store.describe() | {
+        "first_run": runs[0].isoformat() if runs else None,
+        "last_run": runs[-1].isoformat() if runs else None,
+        "next_daily_run": (runs[-1] + timedelta(days=1)).isoformat() if runs else None,
+    }
+    if json_out:
+        emit_json(data)
+    else:
+        for k, v in data.items():
+            console.print(f"[bold]{k}[/]: {v}")

@@ -1,0 +1,53 @@
+"""The compute-engine interface: events to daily tiles, tiles to window values."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from datetime import date
+from pathlib import Path
+
+import pyarrow as pa
+
+from leadpilot.features.dictionary import FeatureDictionary
+
+# Long feature values: one row per (dimension, entity key, derived feature id) with a non-zero value.
+VALUES_SCHEMA = pa.schema(
+    [("dim", pa.int8()), ("k1", pa.int64()), ("k2", pa.int64()), ("feature_id", pa.int32()), ("value", pa.float64())]
+)
+
+
+class EngineUnavailable(RuntimeError):
+    """The chosen engine cannot run here (unknown name or a missing extra)."""
+
+
+class ComputeEngine(ABC):
+    """Turns the event lake into tiles and tiles into feature values; the store keeps the results."""
+
+    name: str
+
+    @abstractmethod
+    def write_tiles(
+        self,
+        dictionary: FeatureDictionary,
+        *,
+        event_files: list[str],
+        leads_file: str,
+        days: list[date] | None,
+        staging: Path,
+    ) -> None:
+        """Write ``staging/tiles/day=D/`` and ``staging/distinct/day=D/`` Parquet for the given days (None: all)."""
+
+    @abstractmethod
+    def window_values(
+        self,
+        dictionary: FeatureDictionary,
+        *,
+        tile_files: list[str],
+        distinct_files: list[str],
+        table_files: dict[str, str],
+        day: date,
+    ) -> pa.Table:
+        """Every derived feature's non-zero value as of the end of ``day`` (``VALUES_SCHEMA``).
+
+        DAYS_SINCE features carry their anchor, the last event's time in epoch seconds (see ``store``).
+        """

@@ -1,0 +1,107 @@
+"""Zipper-table (SCD type 2) history of feature values in DuckDB: a row per value and the days it held.
+
+A row ``(dim, k1, k2, feature_id, value, valid_from, valid_to)`` says the feature had ``value`` as of the end
+of every day in ``[valid_from, valid_to)`` (``valid_to`` NULL: still current).  Applying a day's snapshot only
+writes rows for values that changed, so the table grows with change, not with days.  Snapshots may arrive out
+of order (backfill): a changed value is written up to the next day already applied, and the value that day
+had is kept after it.  Absent means zero (the matrices are sparse).
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+import duckdb
+import pyarrow as pa
+
+HISTORY_DDL = """
+CREATE TABLE IF NOT EXISTS history (
+    dim TINYINT NOT NULL, k1 BIGINT NOT NULL, k2 BIGINT NOT NULL, feature_id INTEGER NOT NULL,
+    value DOUBLE NOT NULL, valid_from DATE NOT NULL, valid_to DATE
+);
+CREATE TABLE IF NOT EXISTS runs (
+    day DATE PRIMARY KEY, dim_mask INTEGER NOT NULL, computed_at TIMESTAMP NOT NULL,
+    values_written BIGINT NOT NULL, rows_changed BIGINT NOT NULL
+);
+"""
+
+
+def apply_snapshot(con: duckdb.DuckDBPyConnection, snapshot: pa.Table, day: date, dims: list[int]) -> int:
+    """Fold one day's full snapshot (for ``dims``) into the history; returns the number of keys that changed.
+
+    Runs inside the caller's transaction: a failure leaves the history as it was.
+    """
+    con.register("snap_in", snapshot)
+    d = f"DATE '{day.isoformat()}'"
+    dim_list = ", ".join(str(x) for x in dims)
+    nxt = con.execute("SELECT min(day) FROM runs WHERE day > ?", [day]).fetchone()
+    next_day = nxt[0] if nxt else None
+    nd = f"DATE '{next_day.isoformat()}'" if next_day else "NULL"
+    con.execute("CREATE OR REPLACE TEMP TABLE snap AS SELECT * FROM snap_in")
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE cur AS SELECT rowid AS rid, * FROM history "
+        f"WHERE dim IN ({dim_list}) AND valid_from <= {d} AND (valid_to IS NULL OR valid_to > {d})"
+    )
+    # Keys whose value on `day` differs from what the history says (appeared, vanished or changed).
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE changed AS SELECT "
+        "COALESCE(s.dim, c.dim) AS dim, COALESCE(s.k1, c.k1) AS k1, COALESCE(s.k2, c.k2) AS k2, "
+        "COALESCE(s.feature_id, c.feature_id) AS feature_id, s.value AS new_value, c.rid, c.value AS old_value, "
+        "c.valid_from AS old_from, c.valid_to AS old_to "
+        "FROM snap s FULL OUTER JOIN cur c ON s.dim = c.dim AND s.k1 = c.k1 AND s.k2 = c.k2 "
+        "AND s.feature_id = c.feature_id WHERE s.value IS DISTINCT FROM c.value"
+    )
+    n_changed = int(con.execute("SELECT count(*) FROM changed").fetchone()[0])  # type: ignore[index]
+    if not n_changed:
+        return 0
+    if next_day is not None:
+        # The old value was verified on the next applied day: keep it from there on.
+        con.execute(
+            "INSERT INTO history SELECT dim, k1, k2, feature_id, old_value, "
+            f"{nd}, old_to FROM changed WHERE rid IS NOT NULL AND (old_to IS NULL OR old_to > {nd})"
+        )
+    con.execute(
+        f"DELETE FROM history WHERE rowid IN (SELECT rid FROM changed WHERE rid IS NOT NULL AND old_from = {d})"
+    )
+    con.execute(
+        f"UPDATE history SET valid_to = {d} "
+        f"WHERE rowid IN (SELECT rid FROM changed WHERE rid IS NOT NULL AND old_from < {d})"
+    )
+    con.execute(
+        f"INSERT INTO history SELECT dim, k1, k2, feature_id, new_value, {d}, {nd} "
+        "FROM changed WHERE new_value IS NOT NULL"
+    )
+    _coalesce(con)
+    return n_changed
+
+
+def _coalesce(con: duckdb.DuckDBPyConnection) -> None:
+    """Merge back-to-back rows with the same value for the keys just touched (keeps one row per run of a value)."""
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE touched AS SELECT h.rowid AS rid, h.* FROM history h "
+        "SEMI JOIN (SELECT DISTINCT dim, k1, k2, feature_id FROM changed) c "
+        "ON h.dim = c.dim AND h.k1 = c.k1 AND h.k2 = c.k2 AND h.feature_id = c.feature_id"
+    )
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE islands AS SELECT dim, k1, k2, feature_id, value, min(valid_from) AS valid_from, "
+        "CASE WHEN bool_or(valid_to IS NULL) THEN NULL ELSE max(valid_to) END AS valid_to, count(*) AS n FROM ("
+        "SELECT *, sum(starts) OVER (PARTITION BY dim, k1, k2, feature_id ORDER BY valid_from) AS island FROM ("
+        "SELECT *, CASE WHEN lag(valid_to) OVER w = valid_from AND lag(value) OVER w = value THEN 0 ELSE 1 END "
+        "AS starts FROM touched WINDOW w AS (PARTITION BY dim, k1, k2, feature_id ORDER BY valid_from))) "
+        "GROUP BY dim, k1, k2, feature_id, value, island"
+    )
+    if not con.execute("SELECT count(*) FROM islands WHERE n > 1").fetchone()[0]:  # type: ignore[index]
+        return
+    con.execute("DELETE FROM history WHERE rowid IN (SELECT rid FROM touched)")
+    con.execute("INSERT INTO history SELECT dim, k1, k2, feature_id, value, valid_from, valid_to FROM islands")
+
+
+def prune(con: duckdb.DuckDBPyConnection, cutoff: date) -> int:
+    """Drop what ended before ``cutoff`` and clip what spans it; returns the rows removed."""
+    c = f"DATE '{cutoff.isoformat()}'"
+    found = con.execute(f"SELECT count(*) FROM history WHERE valid_to IS NOT NULL AND valid_to <= {c}").fetchone()
+    removed = int(found[0]) if found else 0
+    con.execute(f"DELETE FROM history WHERE valid_to IS NOT NULL AND valid_to <= {c}")
+    con.execute(f"UPDATE history SET valid_from = {c} WHERE valid_from < {c}")
+    con.execute(f"DELETE FROM runs WHERE day < {c}")
+    return removed
