@@ -92,6 +92,8 @@ def test_demo_simulates_a_company_and_imports_the_sample(cli_env: Path) -> None:
     again = run("demo", "--scale", "tiny", "--no-serve", "--json")  # idempotent: same logins, nothing new
     assert again["logins"] == data["logins"] and again["simulation"] == {}
     assert again["import"]["created"] == 0 and again["import"]["unchanged"] == summary["created"] + 2
+    assert data["features"]["values_written"] > 10_000 and data["features"]["derived_features"] >= 1_000
+    assert again["features"]["keys_changed"] == 0 and again["features"]["sync"]["events_copied"] == 0
     stats = run("events", "stats", "--json")
     assert stats["lead_created"] == data["simulation"]["leads"] + summary["created"]
     assert stats["assign"] > 0 and stats["contract_signed"] > 0

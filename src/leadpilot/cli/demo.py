@@ -34,7 +34,7 @@ def demo_command(
     port: int = typer.Option(8000, "--port"),
     json_out: bool = typer.Option(False, "--json", help="Print what was set up as JSON."),
 ) -> None:
-    """Simulate a company (18 months of history), import a sample file, print the logins, serve."""
+    """Simulate a company (18 months of history), import a sample file, compute features, print the logins, serve."""
     from leadpilot.cli.simulate import run_generation
 
     cfg = settings()
@@ -53,6 +53,9 @@ def demo_command(
         logins_file.chmod(0o600)
     logins = json.loads(logins_file.read_text()) if logins_file.exists() else {}
     summary = import_leads(eng, sample_leads_path(), default_region=cfg.default_phone_region)
+    from leadpilot.cli.features import run_compute
+
+    features = run_compute(eng, quiet=json_out)
     url = f"http://{host}:{port}"
     data: dict[str, Any] = {
         "url": url,
@@ -61,6 +64,7 @@ def demo_command(
         "logins_file": str(logins_file),
         "simulation": simulation,
         "import": summary.to_json(),
+        "features": features,
     }
     if json_out:
         emit_json(data)
@@ -76,6 +80,10 @@ def demo_command(
         )
         for err in summary.errors:
             console.print(f"  row {err.row}: {err.field}: {err.reason}")
+        console.print(
+            f"features as of {features['days'][-1]}: {features['values_written']:,} values of "
+            f"{features['derived_features']:,} derived features (leadpilot features show LEAD_ID)"
+        )
         console.print(f"\n[bold]leadpilot demo[/] at {url}  (API docs: {url}/docs)")
         console.print(f"logins (also in {logins_file}):")
         for username, password in logins.items():

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from sqlalchemy import Engine
 
 from leadpilot.cli.common import console, emit_json, engine, fail, require_migrated, settings
 from leadpilot.features.dictionary import (
@@ -219,6 +221,28 @@ def compute(
     )
     for r in sync.rejected[:10] if sync else []:
         console.print(f"  event {r.id}: {r.reason}")
+
+
+def run_compute(eng: Engine, *, quiet: bool = False, day: date | None = None) -> dict[str, Any]:
+    """Compute the configured features with progress bars (unless quiet); returns the report as JSON data."""
+    store = _store(None)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet,
+    ) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(f"features: {stage}", total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        report = store.compute(eng, day=day, progress=progress)
+    return report.to_json() | {"derived_features": len(store.dictionary.derived)}
 
 
 def _latest_run(store: FeatureStore, on_date: str | None) -> date:

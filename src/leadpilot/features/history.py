@@ -39,33 +39,37 @@ def apply_snapshot(con: duckdb.DuckDBPyConnection, snapshot: pa.Table, day: date
     nd = f"DATE '{next_day.isoformat()}'" if next_day else "NULL"
     con.execute("CREATE OR REPLACE TEMP TABLE snap AS SELECT * FROM snap_in")
     con.execute(
-        "CREATE OR REPLACE TEMP TABLE cur AS SELECT rowid AS rid, * FROM history "
+        "CREATE OR REPLACE TEMP TABLE cur AS SELECT * FROM history "
         f"WHERE dim IN ({dim_list}) AND valid_from <= {d} AND (valid_to IS NULL OR valid_to > {d})"
     )
     # Keys whose value on `day` differs from what the history says (appeared, vanished or changed).
+    # A history row is identified by its key and valid_from (rowids are not used: they are not stable
+    # across the deletes and inserts of one transaction).
     con.execute(
         "CREATE OR REPLACE TEMP TABLE changed AS SELECT "
         "COALESCE(s.dim, c.dim) AS dim, COALESCE(s.k1, c.k1) AS k1, COALESCE(s.k2, c.k2) AS k2, "
-        "COALESCE(s.feature_id, c.feature_id) AS feature_id, s.value AS new_value, c.rid, c.value AS old_value, "
+        "COALESCE(s.feature_id, c.feature_id) AS feature_id, s.value AS new_value, c.value AS old_value, "
         "c.valid_from AS old_from, c.valid_to AS old_to "
         "FROM snap s FULL OUTER JOIN cur c ON s.dim = c.dim AND s.k1 = c.k1 AND s.k2 = c.k2 "
         "AND s.feature_id = c.feature_id WHERE s.value IS DISTINCT FROM c.value"
     )
-    n_changed = int(con.execute("SELECT count(*) FROM changed").fetchone()[0])  # type: ignore[index]
+    found = con.execute("SELECT count(*) FROM changed").fetchone()
+    n_changed = int(found[0]) if found else 0
     if not n_changed:
         return 0
+    same_row = "h.dim = c.dim AND h.k1 = c.k1 AND h.k2 = c.k2 AND h.feature_id = c.feature_id"
     if next_day is not None:
         # The old value was verified on the next applied day: keep it from there on.
         con.execute(
             "INSERT INTO history SELECT dim, k1, k2, feature_id, old_value, "
-            f"{nd}, old_to FROM changed WHERE rid IS NOT NULL AND (old_to IS NULL OR old_to > {nd})"
+            f"{nd}, old_to FROM changed WHERE old_from IS NOT NULL AND (old_to IS NULL OR old_to > {nd})"
         )
     con.execute(
-        f"DELETE FROM history WHERE rowid IN (SELECT rid FROM changed WHERE rid IS NOT NULL AND old_from = {d})"
+        f"DELETE FROM history h USING changed c WHERE {same_row} AND h.valid_from = c.old_from AND c.old_from = {d}"
     )
     con.execute(
-        f"UPDATE history SET valid_to = {d} "
-        f"WHERE rowid IN (SELECT rid FROM changed WHERE rid IS NOT NULL AND old_from < {d})"
+        f"UPDATE history h SET valid_to = {d} FROM changed c "
+        f"WHERE {same_row} AND h.valid_from = c.old_from AND c.old_from < {d}"
     )
     con.execute(
         f"INSERT INTO history SELECT dim, k1, k2, feature_id, new_value, {d}, {nd} "
@@ -77,22 +81,21 @@ def apply_snapshot(con: duckdb.DuckDBPyConnection, snapshot: pa.Table, day: date
 
 def _coalesce(con: duckdb.DuckDBPyConnection) -> None:
     """Merge back-to-back rows with the same value for the keys just touched (keeps one row per run of a value)."""
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE touched AS SELECT h.rowid AS rid, h.* FROM history h "
-        "SEMI JOIN (SELECT DISTINCT dim, k1, k2, feature_id FROM changed) c "
-        "ON h.dim = c.dim AND h.k1 = c.k1 AND h.k2 = c.k2 AND h.feature_id = c.feature_id"
-    )
+    same_row = "h.dim = c.dim AND h.k1 = c.k1 AND h.k2 = c.k2 AND h.feature_id = c.feature_id"
+    con.execute("CREATE OR REPLACE TEMP TABLE touched_keys AS SELECT DISTINCT dim, k1, k2, feature_id FROM changed")
     con.execute(
         "CREATE OR REPLACE TEMP TABLE islands AS SELECT dim, k1, k2, feature_id, value, min(valid_from) AS valid_from, "
         "CASE WHEN bool_or(valid_to IS NULL) THEN NULL ELSE max(valid_to) END AS valid_to, count(*) AS n FROM ("
         "SELECT *, sum(starts) OVER (PARTITION BY dim, k1, k2, feature_id ORDER BY valid_from) AS island FROM ("
         "SELECT *, CASE WHEN lag(valid_to) OVER w = valid_from AND lag(value) OVER w = value THEN 0 ELSE 1 END "
-        "AS starts FROM touched WINDOW w AS (PARTITION BY dim, k1, k2, feature_id ORDER BY valid_from))) "
+        "AS starts FROM (SELECT h.* FROM history h SEMI JOIN touched_keys c ON "
+        f"{same_row}) t WINDOW w AS (PARTITION BY dim, k1, k2, feature_id ORDER BY valid_from))) "
         "GROUP BY dim, k1, k2, feature_id, value, island"
     )
-    if not con.execute("SELECT count(*) FROM islands WHERE n > 1").fetchone()[0]:  # type: ignore[index]
+    merged = con.execute("SELECT count(*) FROM islands WHERE n > 1").fetchone()
+    if not merged or not merged[0]:
         return
-    con.execute("DELETE FROM history WHERE rowid IN (SELECT rid FROM touched)")
+    con.execute(f"DELETE FROM history h USING touched_keys c WHERE {same_row}")
     con.execute("INSERT INTO history SELECT dim, k1, k2, feature_id, value, valid_from, valid_to FROM islands")
 
 
