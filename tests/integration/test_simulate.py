@@ -13,10 +13,11 @@ from sqlalchemy import Engine, func, inspect, select
 from sqlalchemy.orm import Session
 
 from leadpilot.crm.models import Account, Base, Contact, Event, Lead, Team, User
+from leadpilot.simulate.behaviour import PAYLOAD_KEYS
 from leadpilot.simulate.calibration import comparison, real_statistics, simulated_statistics
 from leadpilot.simulate.generate import AlreadySimulated, generate
 from leadpilot.simulate.replay import POLICIES, ReplayEnv, replay
-from leadpilot.simulate.world import World
+from leadpilot.simulate.world import World, day_start
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
@@ -55,6 +56,11 @@ def test_generation_is_deterministic_and_fills_every_stage(
     with Session(engine) as s:
         types = set(s.scalars(select(Event.type).distinct()))
         assert {
+            "ad_click",
+            "search",
+            "email_open",
+            "message",
+            "note",
             "page_view",
             "form_submit",
             "call_attempt",
@@ -94,14 +100,76 @@ def test_truth_stays_out_of_the_crm_store(sqlite_engine: Engine, tmp_path: Path)
     for table in tables:
         columns = {c["name"] for c in inspector.get_columns(table)}
         assert columns == {c.name for c in Base.metadata.tables[table].columns}
-    # No payload carries a hidden quantity, and no stored number equals a hidden quality value.
+    # No payload carries a hidden quantity, and no stored number equals a hidden value.
+    hidden_values = {
+        round(float(v), 6)
+        for name in ("quality", "hidden", "p_connect", "p_transfer_at_decision", "p_convert_at_decision")
+        for v in truth[name]
+        if not math.isnan(v)
+    } | {round(float(v), 6) for name in ("skill", "affinity") for v in truth[name].ravel()}
     with Session(sqlite_engine) as s:
         keys = set()
+        numbers = set()
         for payload in s.scalars(select(Event.payload)):
             keys |= set(payload)
+            numbers |= {round(float(v), 6) for v in payload.values() if isinstance(v, int | float)}
         budgets = set(s.scalars(select(Lead.budget)))
-    assert not keys & {"quality", "hidden", "p_connect", "p_transfer", "p_convert", "skill", "affinity"}
+    assert not keys & {"quality", "hidden", "p_connect", "p_transfer", "p_convert", "skill", "affinity", "fit"}
     assert not budgets & {float(q) for q in truth["quality"]}
+    assert not numbers & hidden_values
+
+
+def test_event_log_follows_the_documented_catalogue(sqlite_engine: Engine, tmp_path: Path) -> None:
+    world = World("tiny", seed=4)
+    summary = generate(sqlite_engine, world, data_dir=tmp_path)
+    truth = np.load(summary.truth_file)
+    end = day_start(world.days)
+    with Session(sqlite_engine) as s:
+        rows = s.execute(
+            select(Event.lead_id, Event.type, Event.occurred_at, Event.payload).order_by(Event.lead_id, Event.id)
+        ).all()
+        stages = {lead: stage for lead, stage in s.execute(select(Lead.id, Lead.stage))}
+    assert len(rows) == summary.events == sum(summary.event_types.values())
+    # Every type of the catalogue occurs, with exactly its documented payload keys.
+    assert set(summary.event_types) == set(PAYLOAD_KEYS)
+    for _lead, type_, _when, payload in rows:
+        assert tuple(payload) == PAYLOAD_KEYS[type_], (type_, payload)
+    # The mix per lead documented in docs/simulation.md (tiny company: same behaviour, fewer people).
+    per_lead = {t: n / summary.leads for t, n in summary.event_types.items()}
+    assert 45 <= summary.events / summary.leads <= 62
+    assert per_lead["form_submit"] == per_lead["lead_created"] == 1.0
+    assert 14 <= per_lead["page_view"] <= 22
+    assert 5 <= per_lead["message"] <= 12
+    assert 4 <= per_lead["call_attempt"] <= 10
+    # Per lead: time order follows the ids, nothing lies beyond the end of the history, the form comes
+    # before every staff action, and the leads table's stage is the last stage_change's target.
+    by_lead: dict[int, list[tuple[str, object, dict[str, object]]]] = {}
+    for lead, type_, when, payload in rows:
+        by_lead.setdefault(lead, []).append((type_, when, payload))
+    for lead, events in by_lead.items():
+        times = [when for _t, when, _p in events]
+        assert times == sorted(times) and times[-1] < end
+        form = next(when for t, when, _p in events if t == "form_submit")
+        assert all(when >= form for t, when, _p in events if t in ("call_attempt", "assign", "stage_change"))
+        changes = [p["to"] for t, _w, p in events if t == "stage_change"]
+        assert stages[lead] == (changes[-1] if changes else "new")
+    # Behaviour follows the latent model: more interested leads browse more, and salespeople follow up
+    # more often on leads they are more likely to convert (the truth is only read here, by the test).
+    hidden = dict(zip(truth["lead_id"].tolist(), truth["hidden"].tolist(), strict=True))
+    p_convert = dict(zip(truth["lead_id"].tolist(), truth["p_convert_at_decision"].tolist(), strict=True))
+    views = {lead: sum(t == "page_view" for t, _w, _p in ev) for lead, ev in by_lead.items()}
+    assert _rank_correlation([hidden[k] for k in views], list(views.values())) > 0.2
+    follow_ups = {
+        lead: sum(t == "call_attempt" and p["purpose"] == "follow_up" for t, _w, p in ev)
+        for lead, ev in by_lead.items()
+        if not math.isnan(p_convert[lead])
+    }
+    assert _rank_correlation([p_convert[k] for k in follow_ups], list(follow_ups.values())) > 0.1
+
+
+def _rank_correlation(a: list[float], b: list[float]) -> float:
+    ranks = [np.argsort(np.argsort(np.asarray(x, dtype=float), kind="stable")) for x in (a, b)]
+    return float(np.corrcoef(ranks[0], ranks[1])[0, 1])
 
 
 def test_replay_is_reproducible_and_policies_share_the_luck() -> None:

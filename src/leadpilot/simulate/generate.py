@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +24,11 @@ from sqlalchemy.orm import Session
 from leadpilot.auth.security import hash_password
 from leadpilot.crm.access import SYSTEM
 from leadpilot.crm.audit import audit
-from leadpilot.crm.events import append_events_bulk
 from leadpilot.crm.models import Account, Contact, Lead, Role, Team, TeamKind, User
 from leadpilot.crm.normalise import company_key
 from leadpilot.db.bulk import bulk_insert, refresh_statistics, reserve_ids
+from leadpilot.simulate.behaviour import ChunkOutcomes, chunk_events
+from leadpilot.simulate.eventlog import bulk_load, write_batch
 from leadpilot.simulate.world import (
     INDUSTRY_BY_PRODUCT,
     NEEDS,
@@ -37,10 +39,10 @@ from leadpilot.simulate.world import (
     Leads,
     World,
     day_start,
+    office_time,
 )
 
 Progress = Callable[[int, int], None]
-CALL_OUTCOMES = ("no_answer", "busy")
 _SURNAMES = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何林罗高"
 _GIVEN = ("伟", "芳", "娜", "敏", "静", "磊", "强", "洋", "艳", "杰", "军", "勇", "涛", "明", "超", "霞")
 _BRANDS = ("安居", "鑫源", "好运", "优选", "诚信", "顺达", "美家", "乐业", "金牌", "惠民", "新锐", "恒通")
@@ -64,6 +66,7 @@ class SimulationSummary:
     leads: int = 0
     events: int = 0
     stages: dict[str, int] = field(default_factory=dict)
+    event_types: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     truth_file: str = ""
     logins: dict[str, str] = field(default_factory=dict)
@@ -72,34 +75,6 @@ class SimulationSummary:
         data = dict(self.__dict__)
         data["events_per_second"] = round(self.events / self.seconds, 1) if self.seconds else 0.0
         return data
-
-
-class _EventSink:
-    """Collects events as column lists and flushes them through the bulk path."""
-
-    def __init__(self) -> None:
-        self.rows: list[dict[str, Any]] = []
-        self.total = 0
-
-    def add(self, type_: str, lead_id: int, actor_id: int | None, day: float, payload: dict[str, Any]) -> None:
-        when = day_start(day)
-        self.rows.append(
-            {
-                "type": type_,
-                "lead_id": lead_id,
-                "actor_id": actor_id,
-                "occurred_at": when,
-                "recorded_at": when,
-                "payload": payload,
-            }
-        )
-
-    def flush(self, session: Session) -> None:
-        if self.rows:
-            self.rows.sort(key=lambda r: r["occurred_at"])
-            append_events_bulk(session, self.rows)
-            self.total += len(self.rows)
-            self.rows = []
 
 
 def _people_rows(session: Session, world: World, logins: dict[str, str]) -> tuple[list[int], list[int], int]:
@@ -171,6 +146,9 @@ def _phone(i: int) -> str:
     return f"+86{prefixes[i % len(prefixes)]}{(i * 7919 + 12345) % 100_000_000:08d}"
 
 
+CHUNK_LEADS = 20_000  # leads per transaction; a chunk's events (≈ 1 M) are built and written together
+
+
 def generate(
     engine: Engine,
     world: World,
@@ -200,30 +178,24 @@ def generate(
     history.run()
     rng = np.random.default_rng(np.random.SeedSequence([world.seed, 4]))
     companies, names = _merchant_names(rng, n, 0)
+    ids = _RowIds(lead_ids, contact_ids, account_ids, team_ids)
     order = np.argsort(leads.arrival, kind="stable")
-    chunk = 20_000
-    events = _EventSink()
-    for start in range(0, n, chunk):
-        idx = order[start : start + chunk]
-        with Session(engine) as session:
-            _write_chunk(
-                session,
-                world,
-                leads,
-                history,
-                idx,
-                lead_ids,
-                contact_ids,
-                account_ids,
-                companies,
-                names,
-                team_ids,
-                events,
-            )
-            events.flush(session)
-            session.commit()
-        if progress:
-            progress(min(start + chunk, n), n)
+    stages: Counter[str] = Counter()
+    event_types: Counter[str] = Counter()
+    with engine.connect() as conn, bulk_load(conn):
+        for chunk, start in enumerate(range(0, n, CHUNK_LEADS)):
+            idx = order[start : start + CHUNK_LEADS]
+            outcomes = history.outcomes(idx)
+            chunk_rng = np.random.default_rng(np.random.SeedSequence([world.seed, 6, chunk]))
+            batch = chunk_events(world, leads, idx, outcomes, _has_email(idx), chunk_rng)
+            with Session(bind=conn) as session:
+                _write_leads(session, world, leads, idx, outcomes, ids, companies, names)
+                summary.events += write_batch(session, batch, lead_ids[idx])
+                session.commit()
+            stages.update(outcomes.stage.tolist())
+            event_types.update(batch.counts())
+            if progress:
+                progress(min(start + CHUNK_LEADS, n), n)
     refresh_statistics(engine)
     truth_path = data_dir / "simulation" / "truth.npz"
     world.save_truth(
@@ -241,12 +213,16 @@ def generate(
         },
     )
     summary.accounts = summary.leads = n
-    summary.events = events.total
-    summary.stages = dict(zip(*np.unique(history.stage, return_counts=True), strict=True))
-    summary.stages = {str(k): int(v) for k, v in summary.stages.items()}
+    summary.stages = dict(sorted(stages.items()))
+    summary.event_types = dict(sorted(event_types.items()))
     summary.truth_file = str(truth_path)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _has_email(idx: np.ndarray) -> np.ndarray:
+    """Which leads' contacts have an email address (a third of them; the rest are reached by phone/WeChat)."""
+    return np.asarray(idx % 3 == 0)
 
 
 def _team_ids(engine: Engine) -> dict[int, int]:
@@ -272,34 +248,31 @@ class _History:
         self.p_convert = np.full(n, np.nan)
         self.won = np.zeros(n, dtype=bool)
         self.closed_day = np.full(n, np.nan)
-        self.stage = np.full(n, "new", dtype=object)
         self.screener = np.zeros(n, dtype=np.int64)
         self.first_call = np.zeros(n)
+        self.attempt_day = np.zeros((n, world.params.max_attempts))
 
     def run(self) -> None:
         world, leads = self.world, self.leads
         p, end = world.params, float(world.days)
         rng = np.random.default_rng(np.random.SeedSequence([world.seed, 5]))
         n = len(leads)
-        self.first_call = leads.arrival + rng.exponential(p.screen_delay_days, n)
+        due = leads.arrival + rng.exponential(p.screen_delay_days, n)
         self.screener = rng.integers(0, len(self.screener_ids), n)
+        # Screeners call in office hours: every attempt is due retry_gap_days after the one before.
+        self.attempt_day = office_time(due[:, None] + p.retry_gap_days * np.arange(p.max_attempts))
+        self.first_call = self.attempt_day[:, 0]
         connected_at = np.argmax(leads.u_attempts < leads.p_connect[:, None], axis=1)
         ever = (leads.u_attempts < leads.p_connect[:, None]).any(axis=1)
         attempts = np.where(ever, connected_at + 1, p.max_attempts)
-        attempt_day = self.first_call + (attempts - 1) * p.retry_gap_days
+        last_attempt = self.attempt_day[np.arange(n), attempts - 1]
         # Only attempts that happened before the end of the history count.
-        done = attempt_day < end
-        self.attempts = np.where(done, attempts, np.maximum(0, np.ceil((end - self.first_call) / p.retry_gap_days)))
-        self.attempts = np.minimum(self.attempts, attempts).astype(np.int64)
-        self.connected_day = np.where(ever & done, attempt_day, np.nan)
+        done = last_attempt < end
+        self.attempts = np.minimum(attempts, (self.attempt_day < end).sum(axis=1)).astype(np.int64)
+        self.connected_day = np.where(ever & done, last_attempt, np.nan)
         delay = np.nan_to_num(self.connected_day - leads.arrival)
         self.p_transfer = np.where(ever & done, world.p_transfer(leads, delay), np.nan)
         self.qualified = (ever & done) & (leads.u_transfer < np.nan_to_num(self.p_transfer))
-        self.stage[:] = "screening"
-        self.stage[self.attempts == 0] = "new"
-        self.stage[(ever & done) & ~self.qualified] = "lost"
-        self.stage[~ever & done] = "lost"
-        self.stage[self.qualified] = "qualified"
         self._route(end)
 
     def _route(self, end: float) -> None:
@@ -338,37 +311,64 @@ class _History:
             wait = assigned - self.connected_day[i]
             pc = float(world.p_convert(leads, np.array([i]), np.array([chosen]), load=count, delay_days=wait)[0])
             self.p_convert[i] = pc
-            closed = assigned + leads.cycle_days[i]
+            closed = float(office_time(np.array(assigned + leads.cycle_days[i])))
             if closed < end:
                 self.closed_day[i] = closed
                 self.won[i] = leads.u_convert[i] < pc
-                self.stage[i] = "won" if self.won[i] else "lost"
-            else:
-                progress = (end - assigned) / leads.cycle_days[i]
-                self.stage[i] = "negotiating" if progress > 0.6 else ("contacted" if progress > 0.1 else "assigned")
+
+    def outcomes(self, idx: np.ndarray) -> ChunkOutcomes:
+        """The decided outcomes of the leads ``idx``, chunk-local, with user ids in place of indexes."""
+        rep = self.rep[idx]
+        return ChunkOutcomes(
+            first_call=self.first_call[idx],
+            attempt_day=self.attempt_day[idx],
+            attempts=self.attempts[idx],
+            connected_day=self.connected_day[idx],
+            qualified=self.qualified[idx],
+            screener=self.screener_ids[self.screener[idx]],
+            owner=np.where(rep >= 0, self.sales_ids[np.maximum(rep, 0)], -1),
+            rep=rep,
+            assigned_day=self.assigned_day[idx],
+            closed_day=self.closed_day[idx],
+            won=self.won[idx],
+            stage=np.full(idx.shape[0], "new", dtype=object),
+            stage_changed=self.leads.arrival[idx].copy(),
+        )
 
 
-def _write_chunk(
+@dataclass
+class _RowIds:
+    """Reserved ids per lead position, and the team id of each sales team index."""
+
+    lead: np.ndarray
+    contact: np.ndarray
+    account: np.ndarray
+    team: dict[int, int]
+
+
+def _write_leads(
     session: Session,
     world: World,
     leads: Leads,
-    h: _History,
     idx: np.ndarray,
-    lead_ids: np.ndarray,
-    contact_ids: np.ndarray,
-    account_ids: np.ndarray,
+    out: ChunkOutcomes,
+    ids: _RowIds,
     companies: list[str],
     names: list[str],
-    team_ids: dict[int, int],
-    events: _EventSink,
 ) -> None:
+    """Accounts, contacts and leads of a chunk through the bulk path (events are written apart)."""
     people = world.people
     accounts, contacts, rows = [], [], []
-    for i in idx:
-        lid, cid, aid = int(lead_ids[i]), int(contact_ids[i]), int(account_ids[i])
+    positions = idx.tolist()
+    owners = out.owner.tolist()
+    teams = [ids.team.get(int(people.sales_team[r])) if r >= 0 else None for r in out.rep.tolist()]
+    created_at = [day_start(d) for d in leads.arrival[idx].tolist()]
+    changed_at = [day_start(d) for d in out.stage_changed.tolist()]
+    stages = out.stage.tolist()
+    for j, i in enumerate(positions):
+        lid, cid, aid = int(ids.lead[i]), int(ids.contact[i]), int(ids.account[i])
         product, region, segment = int(leads.product[i]), int(leads.region[i]), int(leads.segment[i])
-        arrival = float(leads.arrival[i])
-        created = day_start(arrival)
+        created = created_at[j]
         company = companies[i]
         accounts.append(
             {
@@ -387,7 +387,7 @@ def _write_chunk(
                 "id": cid,
                 "account_id": aid,
                 "name": names[i],
-                "phone": _phone(int(i)),
+                "phone": _phone(i),
                 "email": f"m{lid}@merchant.example" if i % 3 == 0 else None,
                 "consent": "granted",
                 "do_not_call": bool(i % 97 == 0),
@@ -395,11 +395,9 @@ def _write_chunk(
                 "updated_at": created,
             }
         )
-        stage = str(h.stage[i])
-        rep = int(h.rep[i])
-        owner = int(h.sales_ids[rep]) if rep >= 0 else None  # lost and won leads keep their last owner
-        last_change = _last_change_day(h, i, arrival)
-        need = NEEDS[PRODUCT_LINES[product]][int(i) % 3]
+        stage = stages[j]
+        owner = owners[j]
+        need = NEEDS[PRODUCT_LINES[product]][i % 3]
         rows.append(
             {
                 "id": lid,
@@ -410,169 +408,26 @@ def _write_chunk(
                 "source": SOURCES[int(leads.source[i])],
                 "region": REGIONS[region],
                 "budget": float(leads.budget[i]),
-                "owner_id": owner,
-                "team_id": team_ids.get(int(people.sales_team[rep])) if rep >= 0 else None,
+                "owner_id": owner if owner >= 0 else None,  # lost and won leads keep their last owner
+                "team_id": teams[j],
                 "stage": stage,
-                "stage_changed_at": day_start(last_change),
-                "lost_reason": _lost_reason(h, i) if stage == "lost" else None,
+                "stage_changed_at": changed_at[j],
+                "lost_reason": _lost_reason(out, j) if stage == "lost" else None,
                 "notes": f"needs: {need}",
                 "external_id": f"SIM-{lid}",
                 "version": 1,
                 "created_at": created,
-                "updated_at": day_start(last_change),
+                "updated_at": changed_at[j],
             }
         )
-        _lead_events(events, world, leads, h, int(i), lid)
     bulk_insert(session, Account.__table__, accounts)  # type: ignore[arg-type]
     bulk_insert(session, Contact.__table__, contacts)  # type: ignore[arg-type]
     bulk_insert(session, Lead.__table__, rows)  # type: ignore[arg-type]
 
 
-def _last_change_day(h: _History, i: int, arrival: float) -> float:
-    for value in (h.closed_day[i], h.assigned_day[i], h.connected_day[i]):
-        if not np.isnan(value):
-            return float(value)
-    return arrival
-
-
-def _lost_reason(h: _History, i: int) -> str:
-    if np.isnan(h.connected_day[i]):
+def _lost_reason(out: ChunkOutcomes, j: int) -> str:
+    if np.isnan(out.connected_day[j]):
         return "unreachable"
-    if not h.qualified[i]:
+    if not out.qualified[j]:
         return "not interested"
     return "chose a competitor"
-
-
-def _lead_events(sink: _EventSink, world: World, leads: Leads, h: _History, i: int, lid: int) -> None:
-    """Every event of one lead's life, in time order."""
-    arrival = float(leads.arrival[i])
-    product = PRODUCT_LINES[int(leads.product[i])]
-    rng = np.random.default_rng(np.random.SeedSequence([world.seed, 6, i]))
-    for v in range(int(leads.visits[i])):
-        sink.add(
-            "page_view",
-            lid,
-            None,
-            arrival - rng.random() * 14,
-            {"page": f"/{product}/pricing" if v % 2 else f"/{product}"},
-        )
-    sink.add(
-        "form_submit",
-        lid,
-        None,
-        arrival,
-        {"source": SOURCES[int(leads.source[i])], "product_line": product, "budget": float(leads.budget[i])},
-    )
-    sink.add(
-        "lead_created",
-        lid,
-        None,
-        arrival,
-        {"via": "simulate", "source": SOURCES[int(leads.source[i])], "product_line": product},
-    )
-    end = float(world.days)
-    for v in range(int(leads.visits_after[i])):
-        day = arrival + rng.random() * 30
-        if day < end:
-            sink.add("page_view", lid, None, day, {"page": f"/{product}/cases" if v % 2 else f"/{product}/pricing"})
-    for _ in range(int(leads.inquiries[i])):
-        day = arrival + rng.random() * 20
-        if day < end:
-            sink.add("message", lid, None, day, {"direction": "inbound", "kind": "inquiry"})
-    screener = int(h.screener_ids[h.screener[i]])
-    first = float(h.first_call[i])
-    if h.attempts[i] > 0:
-        sink.add(
-            "stage_change", lid, screener, first, {"from": "new", "to": "screening", "reason": None, "owner_id": None}
-        )
-    for a in range(int(h.attempts[i])):
-        day = first + a * world.params.retry_gap_days
-        connected = not np.isnan(h.connected_day[i]) and a == h.attempts[i] - 1
-        outcome = "connected" if connected else CALL_OUTCOMES[int(leads.u_attempts[i, a] * 100) % 2]
-        sink.add("call_attempt", lid, screener, day, {"purpose": "screening", "outcome": outcome})
-        if connected:
-            duration = int(30 + rng.gamma(2.0, 90.0))
-            sink.add("call_connected", lid, screener, day, {"purpose": "screening"})
-            sink.add(
-                "call_completed",
-                lid,
-                screener,
-                day + duration / 86400,
-                {"purpose": "screening", "duration_s": duration},
-            )
-    if not np.isnan(h.connected_day[i]):
-        day = float(h.connected_day[i]) + 0.01
-        target = "qualified" if h.qualified[i] else "lost"
-        sink.add(
-            "stage_change",
-            lid,
-            screener,
-            day,
-            {
-                "from": "screening",
-                "to": target,
-                "reason": None if h.qualified[i] else "not interested",
-                "owner_id": None,
-            },
-        )
-    elif h.attempts[i] >= world.params.max_attempts:
-        day = first + (world.params.max_attempts - 1) * world.params.retry_gap_days + 0.01
-        sink.add(
-            "stage_change",
-            lid,
-            screener,
-            day,
-            {"from": "screening", "to": "lost", "reason": "unreachable", "owner_id": None},
-        )
-    rep = int(h.rep[i])
-    if rep < 0:
-        return
-    owner = int(h.sales_ids[rep])
-    assigned = float(h.assigned_day[i])
-    sink.add("assign", lid, None, assigned, {"from": None, "to": owner, "reason": "round_robin"})
-    sink.add(
-        "stage_change",
-        lid,
-        None,
-        assigned,
-        {"from": "qualified", "to": "assigned", "reason": "assign", "owner_id": None},
-    )
-    cycle = float(leads.cycle_days[i])
-    steps = [(0.05, "contacted"), (0.6, "negotiating")]
-    previous = "assigned"
-    for share, stage in steps:
-        day = assigned + share * cycle
-        if day >= end:
-            return
-        sink.add("call_attempt", lid, owner, day, {"purpose": "sales", "outcome": "connected"})
-        sink.add("call_connected", lid, owner, day, {"purpose": "sales"})
-        sink.add(
-            "stage_change", lid, owner, day + 0.001, {"from": previous, "to": stage, "reason": None, "owner_id": owner}
-        )
-        if stage == "negotiating":
-            sink.add("meeting", lid, owner, day + 0.002, {"kind": "visit"})
-            sink.add("quote", lid, owner, day + 0.003, {"amount": float(leads.value[i])})
-        previous = stage
-    if np.isnan(h.closed_day[i]):
-        return
-    closed = float(h.closed_day[i])
-    if h.won[i]:
-        value = float(leads.value[i])
-        sink.add("contract_signed", lid, owner, closed, {"amount": value})
-        sink.add(
-            "stage_change",
-            lid,
-            owner,
-            closed + 0.001,
-            {"from": "negotiating", "to": "won", "reason": None, "owner_id": owner},
-        )
-        if closed + 3 < end:
-            sink.add("payment", lid, None, closed + 3, {"amount": value})
-    else:
-        sink.add(
-            "stage_change",
-            lid,
-            owner,
-            closed,
-            {"from": previous, "to": "lost", "reason": "chose a competitor", "owner_id": owner},
-        )

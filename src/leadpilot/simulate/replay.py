@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from leadpilot.simulate.world import PRODUCT_LINES, Leads, World
+from leadpilot.simulate.world import PRODUCT_LINES, Leads, World, office_time
 
 
 @dataclass
@@ -113,8 +113,9 @@ class ReplayEnv:
         hit = self.leads.u_attempts < self.leads.p_connect[:, None]
         self.reached = hit.any(axis=1)
         rng = np.random.default_rng(np.random.SeedSequence([world.seed, 7]))
-        first_call = self.leads.arrival + rng.exponential(p.screen_delay_days, len(self.leads))
-        self.connected_day = first_call + np.argmax(hit, axis=1) * p.retry_gap_days
+        due = self.leads.arrival + rng.exponential(p.screen_delay_days, len(self.leads))
+        # As in the history: screeners call in office hours, each attempt retry_gap_days after the last.
+        self.connected_day = office_time(due + np.argmax(hit, axis=1) * p.retry_gap_days)
         self.p_transfer = world.p_transfer(self.leads, self.connected_day - self.leads.arrival)
         self.qualified = self.reached & (self.leads.u_transfer < self.p_transfer)
         # A qualified lead enters the pool the morning after screening reached it.

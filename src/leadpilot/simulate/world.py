@@ -101,6 +101,17 @@ class Params:
     cycle_median_days: float = 45.0  # days from transfer to won/lost (real CRM: median 45)
     cycle_shape: float = 1.3  # Weibull shape of the sales cycle (real CRM: p10 4, p90 104 days)
     trend_per_year: float = 0.15
+    # Behaviour in the event log (docs/simulation.md, "Event catalogue"); h is the lead's hidden interest.
+    pages_log_rate: float = 1.0  # pages per site session: 1 + Poisson(exp(this + 0.3·h))
+    search_log_rate: float = 0.3  # searches before the form: Poisson(exp(this + 0.4·h)); after: this − 0.5
+    ad_clicks_extra: float = 0.6  # ad-campaign leads: 1 + Poisson(this · exp(0.3·h)) ad clicks
+    ad_clicks_other: float = 0.12  # other leads: Poisson(this) ad clicks
+    nurture_weeks: int = 6  # weekly newsletters after arrival (email or WeChat)
+    open_logit: float = -0.8  # newsletter email opened: σ(this + 0.9·h)
+    missed_call_sms: float = 0.6  # a screener texts after an unanswered call with this probability
+    followup_gap_days: float = 3.0  # a salesperson's mean gap between follow-ups, ÷ exp(gain·fit + 0.3·h)
+    followup_fit_gain: float = 0.6  # better-matched salespeople (skill + affinity) follow up more often
+    reply_logit: float = -1.2  # a lead replies to a follow-up: σ(this + 0.8·h + 0.5·fit)
     a_transfer: float = 0.0  # intercepts, solved at world creation to hit the targets
     a_convert: float = 0.0
 
@@ -313,7 +324,8 @@ class World:
         # Leads reached within max_attempts, and when; transfer is set so won / closed hits the target.
         hit = sample.u_attempts < sample.p_connect[:, None]
         reached = hit.any(axis=1)
-        delay = p.screen_delay_days + np.argmax(hit, axis=1) * p.retry_gap_days
+        due = sample.arrival + p.screen_delay_days + np.argmax(hit, axis=1) * p.retry_gap_days
+        delay = office_time(due) - sample.arrival  # screeners call in office hours
         target_transfer = min(0.95, p.target_conversion / (p.target_win * float(reached.mean())))
 
         def solve(fn: Any, target: float) -> float:
@@ -353,6 +365,19 @@ class World:
         }
         arrays.update(extra or {})
         np.savez_compressed(path, **arrays)
+
+
+OPENS, CLOSES = 9 / 24, 18 / 24  # office hours of screeners and salespeople (day fractions)
+
+
+def office_time(day: np.ndarray) -> np.ndarray:
+    """When staff act on something due at ``day``: never earlier, always in office hours, order kept.
+
+    Each span from 18:00 to the next day's 18:00 is mapped linearly onto that next day's 09:00-18:00,
+    so an evening task waits for the morning and daytime ones keep their order.
+    """
+    span = np.floor(day - CLOSES)
+    return span + 1 + OPENS + (day - span - CLOSES) * (CLOSES - OPENS)
 
 
 def day_start(day: float) -> datetime:
