@@ -11,7 +11,7 @@ export LEADPILOT_TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,spark]"
 	touch $@
 
 install: $(BIN)/.installed

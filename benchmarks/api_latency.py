@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import json
 import os
@@ -91,7 +92,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--client-timeout", type=float, default=32.0, help="request timeout (just above the server's 30 s pool timeout)"
     )
-    parser.add_argument("--connections", type=int, default=16, help="open-loop client connections (users)")
+    parser.add_argument("--connections", type=int, default=16, help="keep-alive connections opened before a phase")
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=256,
+        help="connections the load generator may open when all are busy (beyond: requests wait, and it shows)",
+    )
     parser.add_argument("--closed-clients", type=int, default=8, help="closed-loop concurrent clients")
     parser.add_argument("--closed-duration", type=float, default=10.0, help="closed-loop measured seconds")
     parser.add_argument("--server-workers", type=int, default=2, help="uvicorn worker processes")
@@ -470,75 +477,221 @@ def _own_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+class HttpConnection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection to the server: one request at a time, responses framed by
+    Content-Length (leadpilot always sends it). Far cheaper per request than a general client, so the load
+    generator takes less of the CPU the server shares with it."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.waiter: asyncio.Future[tuple[int, bool]] | None = None
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._fail(ConnectionError("server closed the connection"))
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            return
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = bytes(self.buffer[:end]).lower()
+        marker = head.find(b"\r\ncontent-length:")
+        if marker < 0:
+            self._fail(ConnectionError("response without Content-Length"))
+            return
+        line_end = head.find(b"\r\n", marker + 2)
+        length = int(head[marker + 17 : line_end if line_end >= 0 else len(head)])
+        if len(self.buffer) < end + 4 + length:
+            return
+        del self.buffer[: end + 4 + length]
+        waiter.set_result((int(head[9:12]), b"\r\nconnection: close" not in head))
+
+    def _fail(self, exc: Exception) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(exc)
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    async def send(self, raw_request: bytes, timeout: float) -> tuple[int, bool]:
+        """(status, whether the connection can be reused); raises TimeoutError or ConnectionError."""
+        loop = asyncio.get_running_loop()
+        self.waiter = loop.create_future()
+        timer = loop.call_later(timeout, self._fail, TimeoutError("no response in time"))
+        assert self.transport is not None
+        self.transport.write(raw_request)
+        try:
+            return await self.waiter
+        finally:
+            timer.cancel()
+
+
+class ConnectionPool:
+    """Keep-alive connections opened on demand up to ``max_connections``; beyond that requests wait for one
+    (their latency still counts from the scheduled send time)."""
+
+    def __init__(self, host: str, port: int, max_connections: int) -> None:
+        self.host, self.port, self.max_connections = host, port, max_connections
+        self.idle: list[HttpConnection] = []
+        self.open = 0
+        self.peak_open = 0
+        self.waiting: collections.deque[asyncio.Future[HttpConnection]] = collections.deque()
+
+    async def _connect(self) -> HttpConnection:
+        self.open += 1
+        self.peak_open = max(self.peak_open, self.open)
+        try:
+            _, conn = await asyncio.get_running_loop().create_connection(HttpConnection, self.host, self.port)
+        except OSError:
+            self.open -= 1
+            raise
+        return conn
+
+    async def acquire(self) -> HttpConnection:
+        while self.idle:
+            conn = self.idle.pop()
+            if not conn.closed:
+                return conn
+            self.open -= 1
+        if self.open < self.max_connections:
+            return await self._connect()
+        waiter: asyncio.Future[HttpConnection] = asyncio.get_running_loop().create_future()
+        self.waiting.append(waiter)
+        return await waiter
+
+    def release(self, conn: HttpConnection, reusable: bool) -> None:
+        if reusable and not conn.closed:
+            while self.waiting:
+                waiter = self.waiting.popleft()
+                if not waiter.done():
+                    waiter.set_result(conn)
+                    return
+            self.idle.append(conn)
+            return
+        conn.close()
+        self.open -= 1
+        if self.waiting:  # a broken connection's place goes to the next waiting request
+            asyncio.get_running_loop().create_task(self._replace())
+
+    async def _replace(self) -> None:
+        try:
+            conn = await self._connect()
+        except OSError:
+            return
+        self.release(conn, True)
+
+    async def prewarm(self, count: int) -> None:
+        conns = [await self.acquire() for _ in range(min(count, self.max_connections))]
+        for conn in conns:
+            self.release(conn, True)
+
+    def close(self) -> None:
+        for conn in self.idle:
+            conn.close()
+        self.idle.clear()
+
+
 async def _drive(cfg: dict[str, Any]) -> dict[str, Any]:
     """One phase against a fresh server: a short low-rate warm-up, then an open-loop or a closed-loop run."""
-    import httpx
-
-    requests: list[tuple[str, str, str]] = [tuple(r) for r in cfg["requests"]]  # (query name, role, path)
-    headers = {role: {"Authorization": f"Bearer {tok}"} for role, tok in cfg["tokens"].items()}
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    host, port = cfg["base_url"].removeprefix("http://").rsplit(":", 1)
+    # Every request of the mix as the exact bytes sent: no per-request header building or URL parsing.
+    raw: dict[str, bytes] = {}
+    for _name, role, path in cfg["requests"]:
+        raw.setdefault(
+            f"{role} {path}",
+            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {cfg['tokens'][role]}\r\n"
+            "Accept: application/json\r\n\r\n".encode("ascii"),
+        )
+    requests: list[tuple[str, bytes]] = [(name, raw[f"{role} {path}"]) for name, role, path in cfg["requests"]]
+    timeout = cfg["client_timeout"]
     loop = asyncio.get_running_loop()
+    # perf_counter, not loop.time(): uvloop's clock ticks in whole milliseconds.
+    now = time.perf_counter
 
-    def client() -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=cfg["base_url"], timeout=cfg["client_timeout"], limits=limits)
-
-    async def one(c: httpx.AsyncClient, req: tuple[str, str, str], scheduled: float, sink: list[Any]) -> None:
-        name, role, path = req
-        start = loop.time()
+    async def one(pool: ConnectionPool, req: tuple[str, bytes], scheduled: float, sink: list[Any]) -> None:
+        name, raw_request = req
         status: int | str = 0
+        start = now()
+        conn: HttpConnection | None = None
+        reusable = False
         try:
-            resp = await c.get(path, headers=headers[role])
-            await resp.aread()
-            status = resp.status_code
-        except httpx.HTTPError as exc:
+            conn = await pool.acquire()
+            start = now()
+            status, reusable = await conn.send(raw_request, timeout)
+        except (OSError, TimeoutError) as exc:
             status = type(exc).__name__
-        end = loop.time()
+        finally:
+            if conn is not None:
+                pool.release(conn, reusable)
+        end = now()
         sink.append((name, status, end - scheduled, end - start, end))
 
+    def new_pool() -> ConnectionPool:
+        return ConnectionPool(host, int(port), cfg["max_connections"])
+
     async def open_loop(rate: float, seconds: float, offset: int) -> dict[str, Any]:
-        # One client (connection pool) per simulated user; requests go round-robin over them.
-        clients = [client() for _ in range(cfg["connections"])]
+        pool = new_pool()
+        await pool.prewarm(cfg["connections"])
         sink: list[Any] = []
         count = int(rate * seconds)
         cpu0, own0, busy0 = _group_cpu_seconds(cfg["pgid"]), _own_cpu_seconds(), _machine_busy()
-        t0 = loop.time() + 0.05
+        t0 = now() + 0.05
         tasks = []
         max_lag = 0.0
+        sampler = loop.create_task(_sample_cpu_every_second(cfg["pgid"], samples := []))
         for i in range(count):
             scheduled = t0 + i / rate  # constant arrival rate, whatever the server does
-            delay = scheduled - loop.time()
+            delay = scheduled - now()
             if delay > 0:
                 await asyncio.sleep(delay)
             else:
                 max_lag = max(max_lag, -delay)
-            req = requests[(offset + i) % len(requests)]
-            tasks.append(asyncio.create_task(one(clients[i % len(clients)], req, scheduled, sink)))
+            tasks.append(loop.create_task(one(pool, requests[(offset + i) % len(requests)], scheduled, sink)))
         await asyncio.gather(*tasks)
+        sampler.cancel()
         wall = max(x[4] for x in sink) - t0 if sink else 0.0
         cpu1, own1, busy1 = _group_cpu_seconds(cfg["pgid"]), _own_cpu_seconds(), _machine_busy()
-        for c in clients:
-            await c.aclose()
-        extra = {"offered_rate": rate, "scheduler_max_lag_ms": max_lag, "machine_cpu_busy": _busy(busy0, busy1)}
+        pool.close()
+        extra = {
+            "offered_rate": rate,
+            "scheduler_max_lag_ms": max_lag,
+            "machine_cpu_busy": _busy(busy0, busy1),
+            "peak_client_connections": pool.peak_open,
+            # Per second: (machine CPU busy share, leadpilot server cores). The machine has os.cpu_count()
+            # CPUs; what is busy beyond the server and the load generator is other processes.
+            "cpu_by_second": samples,
+        }
         return _summarise(sink, wall, cpu1 - cpu0, own1 - own0, extra)
 
     async def closed_loop(n_clients: int, seconds: float) -> dict[str, Any]:
+        pool = new_pool()
+        await pool.prewarm(n_clients)
         sink: list[Any] = []
-        clients = [client() for _ in range(n_clients)]
-        stop_at = loop.time() + seconds
+        stop_at = now() + seconds
         cpu0, own0, busy0 = _group_cpu_seconds(cfg["pgid"]), _own_cpu_seconds(), _machine_busy()
-        t0 = loop.time()
+        t0 = now()
 
         async def worker(k: int) -> None:
             i = k * 7919
-            while loop.time() < stop_at:
-                await one(clients[k], requests[i % len(requests)], loop.time(), sink)
+            while now() < stop_at:
+                await one(pool, requests[i % len(requests)], now(), sink)
                 i += 1
 
         await asyncio.gather(*(worker(k) for k in range(n_clients)))
-        wall = loop.time() - t0
+        wall = now() - t0
         cpu1, own1, busy1 = _group_cpu_seconds(cfg["pgid"]), _own_cpu_seconds(), _machine_busy()
-        for c in clients:
-            await c.aclose()
+        pool.close()
         extra = {"clients": n_clients, "machine_cpu_busy": _busy(busy0, busy1)}
         return _summarise(sink, wall, cpu1 - cpu0, own1 - own0, extra)
 
@@ -554,6 +707,16 @@ async def _drive(cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+async def _sample_cpu_every_second(pgid: int, samples: list[tuple[float | None, float]]) -> None:
+    """Append (machine busy share, server cores) for each second until cancelled."""
+    busy, server, at = _machine_busy(), _group_cpu_seconds(pgid), time.perf_counter()
+    while True:
+        await asyncio.sleep(1.0)
+        busy1, server1, at1 = _machine_busy(), _group_cpu_seconds(pgid), time.perf_counter()
+        samples.append((_busy(busy, busy1), round((server1 - server) / (at1 - at), 2)))
+        busy, server, at = busy1, server1, at1
+
+
 def _busy(before: tuple[float, float], after: tuple[float, float]) -> float | None:
     total = after[1] - before[1]
     return round((after[0] - before[0]) / total, 3) if total else None
@@ -566,6 +729,13 @@ def _summarise(sink: list[Any], wall: float, server_cpu: float, client_cpu: floa
     for name, _status, latency, _service, _end in ok:
         by_query.setdefault(name, []).append(latency)
     extra = {k: (round(v * 1000, 2) if k.endswith("_ms") else v) for k, v in extra.items()}
+    # The slowest request of each second (by scheduled send time): shows whether a high p99 is one stall
+    # (a few bad seconds, e.g. another process taking the CPUs) or a server that is slow throughout.
+    first = min((end - latency for _n, _s, latency, _v, end in sink), default=0.0)
+    worst: dict[int, float] = {}
+    for _name, _status, latency, _service, end in sink:
+        second = int(end - latency - first)
+        worst[second] = max(worst.get(second, 0.0), latency)
     return {
         **extra,
         "requests": len(sink),
@@ -579,6 +749,7 @@ def _summarise(sink: list[Any], wall: float, server_cpu: float, client_cpu: floa
             k: {"p50_ms": s["p50_ms"], "p99_ms": s["p99_ms"], "count": s["count"]}
             for k, s in ((k, latency_summary(v)) for k, v in sorted(by_query.items()))
         },
+        "max_latency_ms_by_second": [round(worst.get(k, 0.0) * 1000, 1) for k in range(max(worst, default=-1) + 1)],
         "server_cpu_cores": round(server_cpu / wall, 2) if wall else None,
         # leadpilot processes only (uvicorn supervisor + workers); PostgreSQL backends are not counted here.
         "server_cpu_ms_per_ok_request": round(server_cpu / len(ok) * 1000, 2) if ok else None,
@@ -588,7 +759,12 @@ def _summarise(sink: list[Any], wall: float, server_cpu: float, client_cpu: floa
 
 def drive_main(config_path: str) -> int:
     cfg = json.loads(Path(config_path).read_text())
-    result = asyncio.run(_drive(cfg))
+    try:
+        import uvloop  # the event loop the server runs on too; cheaper per request than asyncio's default
+
+        result = uvloop.run(_drive(cfg))
+    except ImportError:
+        result = asyncio.run(_drive(cfg))
     json.dump(result, sys.stdout)
     return 0
 
@@ -617,6 +793,7 @@ def _run_phase(
             "warmup": args.warmup,
             "warmup_rate": args.warmup_rate,
             "connections": args.connections,
+            "max_connections": args.max_connections,
             "client_timeout": args.client_timeout,
             "pgid": server.proc.pid,
             "phase": phase,
@@ -754,6 +931,7 @@ def main(argv: list[str] | None = None) -> int:
                 "extra_rates",
                 "extra_duration",
                 "connections",
+                "max_connections",
                 "closed_clients",
                 "closed_duration",
                 "server_workers",

@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     redis_stream: str = "leadpilot:events"
     access_token_minutes: int = 12 * 60
+    # How long an API worker trusts a verified token's user (role, team, active flag); 0 turns it off.
+    auth_cache_seconds: float = Field(default=5.0, ge=0)
     # Login throttling: after this many consecutive failures each attempt must wait, doubling.
     login_free_failures: int = 3
     login_max_delay_seconds: int = 900
@@ -46,6 +48,7 @@ class Settings(BaseSettings):
     feature_engine: Literal["duckdb", "spark"] = "duckdb"
     feature_dictionary: Path | None = None
     feature_retention_days: int = Field(default=548, ge=1)
+    online_store: Literal["database", "redis"] = "database"
 
     @property
     def feature_dir(self) -> Path:

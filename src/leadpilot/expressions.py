@@ -193,7 +193,7 @@ class _SqlCompiler:
         if isinstance(node, ast.Call):
             return self.call(node)
         if isinstance(node, ast.Constant):
-            return _literal(node.value)
+            return _literal(node.value, self.dialect)
         if isinstance(node, ast.Attribute):
             return self.payload(node.attr, numeric)
         if isinstance(node, ast.Subscript):
@@ -224,7 +224,7 @@ class _SqlCompiler:
                 assert isinstance(right, ast.List | ast.Tuple)
                 values = [e.value for e in right.elts if isinstance(e, ast.Constant)]
                 numeric = bool(values) and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
-                items = ", ".join(_literal(v) for v in values) or "NULL"
+                items = ", ".join(_literal(v, self.dialect) for v in values) or "NULL"
                 keyword = "IN" if isinstance(op, ast.In) else "NOT IN"
                 parts.append(f"({self.visit(left, numeric=numeric)} {keyword} ({items}))")
             else:
@@ -239,13 +239,16 @@ class _SqlCompiler:
         return parts[0] if len(parts) == 1 else "(" + " AND ".join(parts) + ")"
 
 
-def _literal(value: object) -> str:
+def _literal(value: object, dialect: Dialect = "duckdb") -> str:
     if value is None:
         return "NULL"
     if isinstance(value, bool):
         return "TRUE" if value else "FALSE"
     if isinstance(value, int | float):
         return repr(float(value)) if isinstance(value, float) else str(value)
+    if dialect == "spark":
+        # Spark SQL reads backslash escapes in string literals and joins adjacent literals ('a''b' is 'ab').
+        return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
     return "'" + str(value).replace("'", "''") + "'"
 
 

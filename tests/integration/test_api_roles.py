@@ -223,6 +223,11 @@ class Env:
         """Back to the freshly built world (PostgreSQL: only when something was written, TRUNCATE is slow)."""
         if self.engine.dialect.name == "sqlite" or self.state() != self.pristine:
             self.snapshot.restore()
+            self.forget_cached_actors()
+
+    def forget_cached_actors(self) -> None:
+        """A restore changes users behind the API's back; the app's token cache must not outlive it."""
+        self.client.app.state.actor_cache.clear()  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -546,6 +551,7 @@ def test_route_status_per_role(row: Row, env: Env) -> None:
     for role in ROLES:
         if row.isolated and dirty:
             env.snapshot.restore()
+            env.forget_cached_actors()
             state = env.state()
         response = send(env, row, role)
         status = actual[role] = response.status_code
@@ -681,6 +687,83 @@ def test_paging_never_leaks_rows_of_other_scopes(env: Env) -> None:
         if cursor is None:
             break
     assert sorted(titles) == ["alice", "pool", "pool2"]
+
+
+POOL_STAGES = {"qualified", "recycled"}
+STAGE_AND_POOL_FILTERS: list[dict[str, Any]] = [
+    {"in_pool": "true"},
+    {"in_pool": "false"},
+    {"stage": ["assigned"]},
+    {"stage": ["qualified"]},
+    {"stage": ["new", "qualified"]},
+    {"stage": ["qualified"], "in_pool": "false"},
+    {"stage": ["assigned"], "in_pool": "true"},
+    {"stage": ["new", "screening", "assigned"], "in_pool": "false"},
+]
+
+
+def _passes(lead: dict[str, Any], params: dict[str, Any]) -> bool:
+    in_pool = lead["owner_id"] is None and lead["stage"] in POOL_STAGES
+    if "stage" in params and lead["stage"] not in params["stage"]:
+        return False
+    return "in_pool" not in params or in_pool == (params["in_pool"] == "true")
+
+
+def test_stage_and_pool_filters_select_exactly_the_visible_leads_that_pass_them(env: Env) -> None:
+    """The service folds these filters into the role scope (dropping a branch that cannot match): the result
+    must be what filtering the caller's whole view gives, for every role."""
+    shown_any: set[str] = set()
+    for role in SIGNED_IN:
+        r = env.client.get(f"{API}/leads", params={"limit": 500}, headers=env.as_(role))
+        assert r.status_code == 200, r.text
+        view = r.json()["items"]
+        for params in STAGE_AND_POOL_FILTERS:
+            r = env.client.get(f"{API}/leads", params={**params, "limit": 500}, headers=env.as_(role))
+            assert r.status_code == 200, (role, params, r.text)
+            got = sorted(x["title"] for x in r.json()["items"])
+            assert got == sorted(x["title"] for x in view if _passes(x, params)), (role, params)
+            if got:
+                shown_any.add(role)
+    assert shown_any == set(SIGNED_IN)  # every role saw rows through some filter: the test is not vacuous
+
+
+def test_keyset_pages_in_the_default_order_match_one_big_page(env: Env) -> None:
+    for role, params in (("admin", {}), ("sup_all", {"stage": ["assigned", "qualified"]}), ("alice", {})):
+        r = env.client.get(f"{API}/leads", params={**params, "limit": 500}, headers=env.as_(role))
+        whole = [x["id"] for x in r.json()["items"]]
+        paged: list[int] = []
+        cursor: str | None = None
+        for _ in range(20):
+            page_params: dict[str, Any] = {**params, "limit": 2, **({"cursor": cursor} if cursor else {})}
+            r = env.client.get(f"{API}/leads", params=page_params, headers=env.as_(role))
+            assert r.status_code == 200, r.text
+            paged += [x["id"] for x in r.json()["items"]]
+            cursor = r.json()["next_cursor"]
+            if cursor is None:
+                break
+        assert paged == whole, role
+
+
+def test_lead_list_items_are_the_same_json_as_a_single_lead(env: Env) -> None:
+    """The list writes rows straight to JSON; every item must equal GET /leads/{id} (LeadPublic) exactly."""
+    with env.engine.begin() as conn:  # values of every type a lead carries: floats, a second timestamp, text
+        conn.execute(
+            text(
+                "UPDATE leads SET budget = 1234.5, score = 0.25, score_updated_at = created_at, "
+                "notes = '备注 \"x\"' WHERE id = :id"
+            ),
+            {"id": env.world.org.leads["alice"]},
+        )
+        conn.execute(text("UPDATE leads SET budget = 100000 WHERE id = :id"), {"id": env.world.org.leads["bob"]})
+    r = env.client.get(f"{API}/leads", params={"limit": 500}, headers=env.as_("admin"))
+    assert r.status_code == 200
+    items = r.json()["items"]
+    assert len(items) == len(ALL_LEADS)
+    for item in items:
+        single = env.client.get(f"{API}/leads/{item['id']}", headers=env.as_("admin"))
+        assert single.status_code == 200
+        assert item == single.json()
+        assert item["created_at"].endswith("Z")
 
 
 # --- claim, release, assign and stage rules ----------------------------------------------------------------

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from leadpilot.cli.main import app
 from leadpilot.config import get_settings
 from leadpilot.db.engine import _cached_engine
+from leadpilot.features.export import read_feature_map
 
 runner = CliRunner()
 
@@ -151,6 +152,11 @@ def test_features_pipeline_from_the_command_line(cli_env: Path) -> None:
     lead = (cli_env / "leads.svm.keys.csv").read_text().splitlines()[1].split(",")[0]
     shown = run("features", "show", lead, "--json")
     assert shown["as_of"] == day and shown["total"] == len(first) - 1
+    served = run("features", "show", lead, "--online", "--limit", "2000", "--json")
+    feature_map = read_feature_map(Path(exported["feature_map"]))
+    assert feature_map.index_base == 0 and exported["feature_map"] == str(out) + ".featmap.tsv"
+    assert {f["id"] for f in served["features"]} == {feature_map.feature_ids[i] for i in ids}
+    assert computed["online"]["lead"] == exported["rows"]
     name = shown["features"][0]["name"]
     hist = run("features", "history", lead, name, "--json")
     assert hist["history"] and hist["history"][-1]["valid_to"] is None

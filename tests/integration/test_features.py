@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import random
+import uuid
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import redis
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
@@ -16,8 +19,12 @@ from leadpilot.crm.events import append_events_bulk
 from leadpilot.crm.models import Account, Lead, User
 from leadpilot.features import history
 from leadpilot.features.dictionary import Dimension, load_default
+from leadpilot.features.online import DatabaseOnlineStore, OnlineStore, RedisOnlineStore, materialize
+from leadpilot.features.realtime import OnlineFeatures
 from leadpilot.features.reference import reference_values
+from leadpilot.features.sql import DIMENSION_CODES
 from leadpilot.features.store import FeatureStore, FeatureStoreError
+from tests.conftest import REDIS_URL, service_missing
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 DAYS = 40
@@ -121,7 +128,7 @@ def test_history_keeps_only_changes_and_reruns_are_idempotent(sqlite_engine: Eng
     seed_crm(sqlite_engine)
     store = _store(tmp_path)
     report = store.compute(sqlite_engine, backfill=_days(0, 44), today=TODAY)
-    snapshot_rows = report.values_written
+    snapshot_rows = sum(store.values(day).num_rows for day in report.days)
     stats = store.history_stats()
     assert stats["runs"] == 45
     assert stats["rows"] < 0.2 * snapshot_rows  # a zipper, not 45 snapshots
@@ -141,6 +148,31 @@ def test_history_keeps_only_changes_and_reruns_are_idempotent(sqlite_engine: Eng
 def _history_rows(store: FeatureStore) -> list[tuple[Any, ...]]:
     with store._connect() as con:
         return sorted(con.execute("SELECT * FROM history").fetchall(), key=lambda r: tuple(str(x) for x in r))
+
+
+def test_incremental_folds_give_the_same_history_as_full_ones(sqlite_engine: Engine, tmp_path: Path) -> None:
+    ids = seed_crm(sqlite_engine)
+    incremental, full = _store(tmp_path, "inc"), _store(tmp_path, "full")
+    for store in (incremental, full):
+        store.lake.sync(sqlite_engine)
+        store.update_tiles()
+    rng = np.random.default_rng(5)
+    recomputed, everything = [], []
+    for offset in range(26):
+        if offset == 20:  # late events for days already folded force a full fold, then increments resume
+            add_events(
+                sqlite_engine,
+                [_event(rng, ids["leads"][0], ids["users"], START + timedelta(days=d + 0.5)) for d in (3, 15, 19)],
+            )
+            for store in (incremental, full):
+                store.lake.sync(sqlite_engine)
+                store.update_tiles()
+        day = _days(offset, 0)[0]
+        recomputed.append(incremental.fold_day(day)[0])
+        everything.append(full.fold_day(day, incremental=False)[0])
+    assert _history_rows(incremental) == _history_rows(full)
+    assert recomputed[20] == everything[20]  # the late events forced a full fold
+    assert sum(recomputed) < 0.8 * sum(everything)  # the other days only revisited what could change
 
 
 def test_out_of_order_backfill_gives_the_same_history(sqlite_engine: Engine, tmp_path: Path) -> None:
@@ -282,3 +314,114 @@ def test_retention_prunes_old_history_and_tiles(sqlite_engine: Engine, tmp_path:
     with store._connect() as con:
         assert con.execute("SELECT min(valid_from) FROM history").fetchone()[0] >= cutoff
     assert all(date.fromisoformat(p.name[4:]) >= cutoff for p in store.tiles_dir.glob("day=*"))
+
+
+def _online_stores(kind: str, engine: Engine, dictionary: Any) -> Iterator[OnlineStore]:
+    if kind == "database":
+        yield DatabaseOnlineStore(dictionary, engine)
+        return
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        service_missing("Redis at LEADPILOT_TEST_REDIS_URL", exc)
+    store = RedisOnlineStore(dictionary, REDIS_URL, prefix=f"leadpilot:test:{uuid.uuid4().hex}")
+    yield store
+    for key in client.scan_iter(f"{store.prefix}:*"):
+        client.delete(key)
+
+
+@pytest.mark.parametrize("kind", ["database", pytest.param("redis", marks=pytest.mark.redis)])
+def test_online_store_serves_each_entitys_latest_vector(engine: Engine, tmp_path: Path, kind: str) -> None:
+    ids = seed_crm(engine)
+    store = _store(tmp_path)
+    first, second = _days(20, 0)[0], _days(DAYS + 370, 0)[0]  # a year later: the windows have emptied
+    store.compute(engine, day=first, today=TODAY)
+    for online in _online_stores(kind, engine, store.dictionary):
+        written = materialize(store, online)
+        assert written["lead"] > 0 and set(written) == {d.value for d in Dimension}
+        end_of_day = datetime.combine(first + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
+        expected = store.values_at(Dimension.LEAD, first)
+        keys = [(lead, 0) for lead in ids["leads"]] + [(10**9, 0)]
+        got = online.get_many(Dimension.LEAD, keys, now=end_of_day)
+        for row, key in enumerate(keys):
+            want = expected.row(*key)
+            assert online.get(Dimension.LEAD, key, now=end_of_day) == pytest.approx(want, rel=1e-12)
+            r = got.matrix.getrow(row)
+            assert dict(zip(got.feature_ids[r.indices].tolist(), r.data.tolist(), strict=True)) == pytest.approx(want)
+        assert online.get(Dimension.LEAD, (10**9, 0)) == {}
+        # DAYS_SINCE is exact at lookup time: a day later it is one more.
+        since = next(d.id for d in store.dictionary.derived if d.name == "page_views__all__days_since__365d")
+        lead = next(k for k in keys if since in expected.row(*k))
+        later = online.get(Dimension.LEAD, lead, now=end_of_day + timedelta(days=1))
+        assert later[since] == pytest.approx(expected.row(*lead)[since] + 1)
+        # A newer snapshot replaces the old one: entities without features any more disappear.
+        store.compute(engine, day=second, today=second)
+        materialize(store, online)
+        assert online.get(Dimension.LEAD, lead).get(since) is None
+        pair = online.get_many(Dimension.LEAD_SALESPERSON, [(ids["leads"][0], ids["users"][0])])
+        assert pair.matrix.nnz == 0
+
+
+@pytest.mark.parametrize("dimension", [Dimension.LEAD, Dimension.SALESPERSON, Dimension.LEAD_SALESPERSON])
+def test_online_features_at_t_equal_an_offline_recompute_at_t(
+    engine: Engine, tmp_path: Path, dimension: Dimension
+) -> None:
+    ids = seed_crm(engine)
+    store = _store(tmp_path)
+    batch = _days(25, 0)[0]
+    store.compute(engine, day=batch, today=TODAY)
+    online = DatabaseOnlineStore(store.dictionary, engine)
+    materialize(store, online)
+    # A lead created after the batch, with events: its product line and budget come from the CRM.
+    with Session(engine) as s:
+        new = Lead(title="new", product_line="housing", budget=5e5, created_at=START + timedelta(days=26, hours=9))
+        s.add(new)
+        s.commit()
+        new_id = new.id
+    at = START + timedelta(days=26, hours=15, minutes=30)
+    add_events(
+        engine,
+        [
+            {"type": "page_view", "lead_id": new_id, "occurred_at": at - timedelta(hours=5), "payload": {"page": "/p"}},
+            {
+                "type": "call_attempt",
+                "lead_id": new_id,
+                "actor_id": ids["users"][1],
+                "occurred_at": at - timedelta(hours=1),
+                "payload": {"outcome": "connected"},
+            },
+            {"type": "page_view", "lead_id": new_id, "occurred_at": at + timedelta(minutes=1), "payload": {}},
+        ],
+    )
+    leads = [*ids["leads"], new_id]
+    keys = {
+        Dimension.LEAD: [(lead, 0) for lead in leads],
+        Dimension.SALESPERSON: [(user, 0) for user in ids["users"]],
+        Dimension.LEAD_SALESPERSON: [(lead, user) for lead in leads for user in ids["users"]],
+    }[dimension]
+    got = OnlineFeatures(store, online, engine).get(dimension, keys, at=at)
+    store.lake.sync(engine)  # the offline side reads the lake: give it every event
+    expected = reference_values(
+        store.dictionary,
+        event_files=[str(f) for f in store.lake.event_files()],
+        table_files={t: str(store.lake.dimension_path(t)) for t in ("leads", "accounts", "users")},
+        day=at.date(),
+        at=at,
+    )
+    expected = expected[expected["dim"] == DIMENSION_CODES[dimension]]
+    by_key: dict[tuple[int, int], dict[int, float]] = {}
+    for k1, k2, fid, value in expected[["k1", "k2", "feature_id", "value"]].itertuples(index=False):
+        by_key.setdefault((int(k1), int(k2)), {})[int(fid)] = float(value)
+    for row, key in enumerate(keys):
+        r = got.matrix.getrow(row)
+        have = dict(zip(got.feature_ids[r.indices].tolist(), r.data.tolist(), strict=True))
+        want = by_key.get(key, {})
+        assert have == pytest.approx(want, rel=1e-9), (
+            key,
+            sorted(set(have) ^ set(want)),
+            {f: (have.get(f), want.get(f)) for f in have if f in want and abs(have[f] - want[f]) > 1e-6 * abs(want[f])},
+        )
+    if dimension is not Dimension.SALESPERSON:  # the new lead has features only through fusion
+        fresh = keys.index((new_id, ids["users"][1] if dimension is Dimension.LEAD_SALESPERSON else 0))
+        assert got.matrix.getrow(fresh).nnz > 0

@@ -8,6 +8,7 @@ from fastapi import APIRouter, FastAPI
 from sqlalchemy import Engine, text
 
 from leadpilot import __version__
+from leadpilot.api.deps import ActorCache
 from leadpilot.api.errors import BodySizeLimit, install_error_handlers
 from leadpilot.api.routes import accounts, auth, contacts, events, leads, tasks, teams, users
 from leadpilot.config import Settings, get_settings
@@ -30,6 +31,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.state.settings = settings
     app.state.engine = engine or get_engine(settings)
     app.state.secret_key = settings.resolved_secret_key()
+    app.state.actor_cache = ActorCache(ttl_seconds=settings.auth_cache_seconds)
     if settings.redis_url:
         bus.configure_redis(settings.redis_url, settings.redis_stream)
 

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import functools
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Generic, TypeVar
 
 import jwt
 from fastapi import Depends, HTTPException, Path, Query, Request, Response, status
 from fastapi.routing import APIRoute
 from fastapi.security import OAuth2PasswordBearer
-from pydantic import BaseModel
-from sqlalchemy import Engine
+from pydantic import BaseModel, TypeAdapter
+from sqlalchemy import Engine, Row
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+from typing_extensions import TypedDict
 
 from leadpilot.auth.security import decode_access_token
 from leadpilot.config import Settings
@@ -24,6 +28,7 @@ from leadpilot.crm.schemas import MAX_BIG_ID, MAX_ID, PageOut, UTCTimestamp
 from leadpilot.db.engine import read_only_engine
 
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token")
+ItemT = TypeVar("ItemT")
 
 
 def get_settings(request: Request) -> Settings:
@@ -86,18 +91,99 @@ _UNAUTHORISED = HTTPException(
 )
 
 
-def current_actor(request: Request, token: Annotated[str, Depends(oauth2_scheme)]) -> Actor:
-    """The actor behind the bearer token; 401 when the token is bad or the user inactive."""
+# How long a verified token's actor is reused without looking the user up again. A deactivation, role or
+# team change made through this worker's API takes effect at once (the routes clear the cache); one made by
+# another worker or process (another uvicorn worker, the CLI) within at most this many seconds.
+ACTOR_CACHE_SECONDS = 5.0
+ACTOR_CACHE_MAX_TOKENS = 10_000
+
+
+class ActorCache:
+    """Bearer token -> Actor for a few seconds, so most requests skip the JWT check and the user lookup.
+
+    Only tokens that verified and whose user was active are stored; an entry is dropped when it is older
+    than ``ttl_seconds`` or its token has expired, whichever comes first. Lookups take no lock (one dict
+    read); writes and clears do.
+    """
+
+    def __init__(
+        self,
+        ttl_seconds: float = ACTOR_CACHE_SECONDS,
+        *,
+        max_tokens: int = ACTOR_CACHE_MAX_TOKENS,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.ttl_seconds = ttl_seconds
+        self.max_tokens = max_tokens
+        self._monotonic = monotonic
+        self._wall_clock = wall_clock
+        # token -> (actor, monotonic time the entry goes stale, token expiry as a Unix time)
+        self._entries: dict[str, tuple[Actor, float, float]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, token: str) -> Actor | None:
+        """The cached actor for a token, or None when there is no fresh entry."""
+        entry = self._entries.get(token)
+        if entry is None:
+            return None
+        actor, stale_at, token_expires_at = entry
+        if self._monotonic() >= stale_at or self._wall_clock() >= token_expires_at:
+            self._entries.pop(token, None)
+            return None
+        return actor
+
+    def put(self, token: str, actor: Actor, token_expires_at: float) -> None:
+        """Remember a verified token's actor (no-op when caching is off)."""
+        if self.ttl_seconds <= 0:
+            return
+        now = self._monotonic()
+        with self._lock:
+            if len(self._entries) >= self.max_tokens:
+                live = {k: v for k, v in self._entries.items() if v[1] > now}
+                # Still full of fresh entries (many clients): start over rather than grow without bound.
+                self._entries = live if len(live) < self.max_tokens else {}
+            self._entries[token] = (actor, now + self.ttl_seconds, token_expires_at)
+
+    def clear(self) -> None:
+        """Forget every entry: a user, role or team changed, so any actor may be out of date."""
+        with self._lock:
+            self._entries = {}
+
+
+def _resolve_actor(request: Request, token: str) -> tuple[Actor, float]:
+    """Verify the token and load its user: (actor, token expiry as a Unix time); 401 when not allowed."""
     try:
         claims = decode_access_token(token, secret=request.app.state.secret_key)
         user_id = int(claims["sub"])
-    except (jwt.InvalidTokenError, ValueError, KeyError):
+        expires_at = float(claims["exp"])
+    except (jwt.InvalidTokenError, ValueError, KeyError, TypeError):
         raise _UNAUTHORISED from None
     with Session(bind=read_only_engine(get_engine(request))) as session:
         user = session.get(User, user_id)
         if user is None or not user.is_active:
             raise _UNAUTHORISED
-        return actor_for(session, user)
+        return actor_for(session, user), expires_at
+
+
+async def current_actor(request: Request, token: Annotated[str, Depends(oauth2_scheme)]) -> Actor:
+    """The actor behind the bearer token; 401 when the token is bad or the user inactive.
+
+    Async so that a cached token costs no hop to the thread pool; only a miss verifies the token and
+    reads the user there. See ``ActorCache`` for how stale a cached actor can be.
+    """
+    cache: ActorCache = request.app.state.actor_cache
+    cached = cache.get(token)
+    if cached is not None:
+        return cached
+    actor, expires_at = await run_in_threadpool(_resolve_actor, request, token)
+    cache.put(token, actor, expires_at)
+    return actor
+
+
+def forget_cached_actors(request: Request) -> None:
+    """Call after changing a user or a team: this worker's cached actors may no longer be right."""
+    request.app.state.actor_cache.clear()
 
 
 CurrentActor = Annotated[Actor, Depends(current_actor)]
@@ -140,3 +226,35 @@ def page_response(page: Page[Any], schema: type[BaseModel]) -> Response:
         items=[schema.model_validate(item) for item in page.items], next_cursor=page.next_cursor
     )
     return Response(body.model_dump_json(), media_type="application/json")
+
+
+class RowPage(TypedDict, Generic[ItemT]):
+    """The JSON shape of a page (``PageOut``) for items given as dicts."""
+
+    items: list[ItemT]
+    next_cursor: str | None
+
+
+@functools.cache
+def _row_page_adapter(schema: type[BaseModel]) -> TypeAdapter[Any]:
+    """A serialiser for {"items": [row dicts], "next_cursor": ...} with the JSON form of ``PageOut[schema]``.
+
+    The item type is a TypedDict with the schema's fields and types, so pydantic-core writes the rows
+    straight to JSON (same formats: ISO 8601 timestamps, floats, nulls) without building 50 models first.
+    """
+    fields = {name: field.annotation for name, field in schema.model_fields.items()}
+    item = TypedDict(f"{schema.__name__}Row", fields)  # type: ignore[misc]  # fields known at runtime only
+    return TypeAdapter(RowPage[item])
+
+
+def row_page_response(page: Page[Row[Any]], schema: type[BaseModel]) -> Response:
+    """A page of plain rows (columns named like ``schema``'s fields) as the JSON of ``PageOut[schema]``."""
+    items: list[dict[str, Any]] = []
+    if page.items:
+        names = page.items[0]._fields
+        missing = set(schema.model_fields) - set(names)
+        if missing:
+            raise RuntimeError(f"rows lack fields of {schema.__name__}: {sorted(missing)}")
+        items = [dict(zip(names, row, strict=True)) for row in page.items]
+    body = _row_page_adapter(schema).dump_json({"items": items, "next_cursor": page.next_cursor})
+    return Response(body, media_type="application/json")

@@ -22,8 +22,16 @@ from leadpilot.features.dictionary import (
     load,
 )
 from leadpilot.features.engines import EngineUnavailable
-from leadpilot.features.export import FORMATS, write_json, write_libsvm, write_parquet
-from leadpilot.features.store import FeatureStore, FeatureStoreError
+from leadpilot.features.export import (
+    FORMATS,
+    INDEX_BASES,
+    companion_paths,
+    write_json,
+    write_libsvm,
+    write_parquet,
+)
+from leadpilot.features.online import OnlineStore, get_online_store, materialize
+from leadpilot.features.store import ComputeReport, FeatureStore, FeatureStoreError
 
 app = typer.Typer(help="The feature pipeline: dictionary, compute, history, export.", no_args_is_help=True)
 
@@ -208,7 +216,7 @@ def compute(
         except FeatureStoreError as exc:
             fail(str(exc))
             return
-    data = report.to_json()
+    data = report.to_json() | {"online": _publish(store, eng, report)}
     if json_out:
         emit_json(data)
         return
@@ -242,7 +250,27 @@ def run_compute(eng: Engine, *, quiet: bool = False, day: date | None = None) ->
             bar.update(tasks[stage], completed=done, total=total)
 
         report = store.compute(eng, day=day, progress=progress)
-    return report.to_json() | {"derived_features": len(store.dictionary.derived)}
+    return report.to_json() | {
+        "derived_features": len(store.dictionary.derived),
+        "online": _publish(store, eng, report),
+    }
+
+
+def _online(store: FeatureStore, eng: Engine) -> OnlineStore:
+    cfg = settings()
+    try:
+        return get_online_store(cfg.online_store, store.dictionary, engine=eng, redis_url=cfg.redis_url)
+    except ValueError as exc:
+        fail(str(exc))
+        raise
+
+
+def _publish(store: FeatureStore, eng: Engine, report: ComputeReport) -> dict[str, int]:
+    """Refresh the online store when the newest stored day was (re)computed; backfills of older days do not."""
+    runs = store.runs()
+    if not report.days or not runs or runs[-1] not in report.days:
+        return {}
+    return materialize(store, _online(store, eng), runs[-1])
 
 
 def _latest_run(store: FeatureStore, on_date: str | None) -> date:
@@ -261,6 +289,7 @@ def show(
     dimension: str = DIMENSION_OPTION,
     on_date: str | None = typer.Option(None, "--date", help="As of the end of this day (default: the latest run)."),
     limit: int = typer.Option(50, "--limit", min=1, help="At most this many features."),
+    online: bool = typer.Option(False, "--online", help="Read the online store (what serving sees) instead."),
     dictionary_path: Path | None = DICTIONARY_OPTION,
     json_out: bool = JSON_OPTION,
 ) -> None:
@@ -269,7 +298,12 @@ def show(
     dim = _dimension(dimension)
     key = _key(entity)
     day = _latest_run(store, on_date)
-    values = store.values_at(dim, day, [key]).row(*key)
+    if online:
+        eng = engine()
+        require_migrated(eng)
+        values = _online(store, eng).get(dim, key)
+    else:
+        values = store.values_at(dim, day, [key]).row(*key)
     rows = [
         {
             "id": fid,
@@ -326,23 +360,31 @@ def export(
     out: Path = typer.Option(..., "--out", help="Output file."),
     dimension: str = DIMENSION_OPTION,
     on_date: str | None = typer.Option(None, "--date", help="As of the end of this day (default: the latest run)."),
+    index_base: int = typer.Option(
+        0, "--index-base", help="LibSVM: number the columns from 0 or 1 (stated in PATH.featmap.tsv)."
+    ),
     dictionary_path: Path | None = DICTIONARY_OPTION,
     json_out: bool = JSON_OPTION,
 ) -> None:
-    """Write one dimension's stored feature matrix (LibSVM with a .keys.csv beside it, JSON lines or Parquet)."""
+    """Write one dimension's stored feature matrix (LibSVM with its keys and feature map, JSON lines or Parquet)."""
     if fmt not in FORMATS:
         fail(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
+    if index_base not in INDEX_BASES:
+        fail(f"--index-base must be 0 or 1, not {index_base}")
     store = _store(dictionary_path)
     dim = _dimension(dimension)
     day = _latest_run(store, on_date)
     matrix = store.values_at(dim, day)
+    companions: dict[str, str] = {}
     if fmt == "libsvm":
-        size = write_libsvm(matrix, out)
+        size = write_libsvm(matrix, out, index_base=index_base, dictionary=store.dictionary)
+        keys_path, map_path, fmap_path = companion_paths(out)
+        companions = {"keys": str(keys_path), "feature_map": str(map_path), "xgboost_feature_map": str(fmap_path)}
     elif fmt == "json":
         size = write_json(matrix, out, store.dictionary)
     else:
         size = write_parquet(matrix, out)
-    data = {
+    data: dict[str, Any] = {
         "out": str(out),
         "format": fmt,
         "rows": matrix.shape[0],
@@ -351,6 +393,8 @@ def export(
         "bytes": size,
         "as_of": day.isoformat(),
     }
+    if fmt == "libsvm":
+        data |= {"index_base": index_base} | companions
     if json_out:
         emit_json(data)
     else:
@@ -358,6 +402,11 @@ def export(
             f"wrote {data['rows']:,} {dim.value} rows × {data['columns']} features "
             f"({data['nnz']:,} values, {size:,} bytes) to {out}"
         )
+        if companions:
+            console.print(
+                f"keys: {companions['keys']}; feature map (index base {index_base}): {companions['feature_map']}; "
+                f"XGBoost feature map: {companions['xgboost_feature_map']}"
+            )
 
 
 @app.command("status")

@@ -7,6 +7,7 @@ their own leads plus the pool; screeners unowned leads being screened (new or sc
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,29 +64,47 @@ def actor_for(session: Session, user: User) -> Actor:
     return Actor(id=user.id, role=role, team_id=user.team_id, username=user.username, team_ids=team_ids)
 
 
+POOL_STAGE_VALUES = frozenset(s.value for s in POOL_STAGES)
+
+
 def pool_clause() -> ColumnElement[bool]:
     """Leads in the claim pool: unowned and qualified or recycled."""
-    return and_(Lead.owner_id.is_(None), Lead.stage.in_([s.value for s in POOL_STAGES]))
+    return and_(Lead.owner_id.is_(None), Lead.stage.in_(sorted(POOL_STAGE_VALUES)))
 
 
-def lead_scope(actor: Actor) -> ColumnElement[bool]:
-    """The leads an actor may see."""
-    if actor.role is Role.ADMIN:
-        return true()
-    if actor.role is Role.SALES:
-        return or_(Lead.owner_id == actor.id, pool_clause())
+def lead_scope(
+    actor: Actor, *, stages: Collection[str] | None = None, in_pool: bool | None = None
+) -> ColumnElement[bool]:
+    """The leads an actor may see; optionally only those in ``stages`` and in (True) or outside (False) the pool.
+
+    The stage and pool filters are folded in here, not ANDed on afterwards, so that a branch of the role
+    scope no lead passing them can match is left out: a salesperson asking for stage ``assigned`` gets
+    ``owner_id = me AND stage IN ('assigned')``, not ``(owner_id = me OR <pool>) AND ...``; asking for the
+    pool gets the pool clause once. Same rows, but one index range for the database instead of an OR (and
+    no repeated predicate for PostgreSQL to misestimate).
+    """
+    clauses: list[ColumnElement[bool]] = []
+    if stages is not None:
+        clauses.append(Lead.stage.in_(list(stages)))
+    if in_pool is True:
+        clauses.append(pool_clause())
+    elif in_pool is False:
+        clauses.append(~pool_clause())
     if actor.role is Role.SCREENER:
-        return and_(Lead.stage.in_([s.value for s in SCREENING_STAGES]))
-    if actor.role is Role.SUPERVISOR:
-        if not actor.team_ids:
-            return or_(Lead.owner_id == actor.id, pool_clause())
-        members = select(User.id).where(User.team_id.in_(actor.team_ids))
-        return or_(
-            Lead.team_id.in_(actor.team_ids),
-            Lead.owner_id.in_(members),
-            pool_clause(),
-        )
-    return false()
+        clauses.append(Lead.stage.in_([s.value for s in SCREENING_STAGES]))
+    elif actor.role in (Role.SALES, Role.SUPERVISOR):
+        if in_pool is not True:  # the pool is inside every sales and supervisor scope: nothing to add for it
+            own: list[ColumnElement[bool]]
+            if actor.role is Role.SUPERVISOR and actor.team_ids:
+                members = select(User.id).where(User.team_id.in_(actor.team_ids))
+                own = [Lead.team_id.in_(actor.team_ids), Lead.owner_id.in_(members)]
+            else:
+                own = [Lead.owner_id == actor.id]
+            pool_possible = in_pool is None and (stages is None or not POOL_STAGE_VALUES.isdisjoint(stages))
+            clauses.append(or_(*own, pool_clause()) if pool_possible else or_(*own))
+    elif actor.role is not Role.ADMIN:
+        return false()
+    return and_(*clauses) if clauses else true()
 
 
 def visible_lead_ids(actor: Actor) -> Select[Any]:

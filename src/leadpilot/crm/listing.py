@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import ColumnElement, Select, and_, func, or_
+from sqlalchemy import ColumnElement, Row, Select, func, tuple_
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from leadpilot.crm.errors import Invalid
@@ -98,6 +98,37 @@ def _check_cursor_types(sort_key: SortKey, value: Any, last_id: Any, sort: str) 
         raise Invalid(f"cursor is not valid for sort {sort!r}; start again without a cursor", field="cursor")
 
 
+def _keyset_page_statement(
+    stmt: Select[Any], *, pk: Any, sortable: Mapping[str, SortKey], sort: str, cursor: str | None, limit: int
+) -> tuple[Select[Any], SortKey]:
+    """``stmt`` ordered by ``sort`` then id, after the cursor's position, limited to one row more than a page."""
+    descending = sort.startswith("-")
+    key = sort.lstrip("-")
+    if key not in sortable:
+        raise Invalid(f"cannot sort by {key!r}; choose one of {', '.join(sorted(sortable))}", field="sort")
+    sort_key = sortable[key]
+    column = sort_key.expr
+    if cursor:
+        last_value, last_id = decode_cursor(cursor, sort)
+        _check_cursor_types(sort_key, last_value, last_id, sort)
+        # A row-value comparison, not "a < x OR (a = x AND id < y)": SQLite and PostgreSQL both turn it into
+        # one range on a (column, id) index, where the OR form tempts SQLite into a multi-index OR and a sort.
+        position = tuple_(column, pk)
+        after = position < (last_value, last_id) if descending else position > (last_value, last_id)
+        stmt = stmt.where(after)
+    order = (column.desc(), pk.desc()) if descending else (column.asc(), pk.asc())
+    return stmt.order_by(*order).limit(limit + 1), sort_key
+
+
+def _page(rows: list[Any], sort_key: SortKey, sort: str, limit: int) -> Page[Any]:
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        last = rows[-1]
+        next_cursor = encode_cursor(sort, [sort_key.value_of(last), last.id])
+    return Page(rows, next_cursor)
+
+
 def paginate(
     session: Session,
     stmt: Select[Any],
@@ -108,28 +139,26 @@ def paginate(
     cursor: str | None,
     limit: int,
 ) -> Page[Any]:
-    """Run ``stmt`` ordered by ``sort`` (a key of ``sortable``, ``-`` prefix for descending) then id."""
-    descending = sort.startswith("-")
-    key = sort.lstrip("-")
-    if key not in sortable:
-        raise Invalid(f"cannot sort by {key!r}; choose one of {', '.join(sorted(sortable))}", field="sort")
-    sort_key = sortable[key]
-    column = sort_key.expr
+    """ORM objects of ``stmt`` ordered by ``sort`` (a key of ``sortable``, ``-`` prefix for descending) then id."""
     pk = model.id  # type: ignore[attr-defined]
-    if cursor:
-        last_value, last_id = decode_cursor(cursor, sort)
-        _check_cursor_types(sort_key, last_value, last_id, sort)
-        after: ColumnElement[bool]
-        if descending:
-            after = or_(column < last_value, and_(column == last_value, pk < last_id))
-        else:
-            after = or_(column > last_value, and_(column == last_value, pk > last_id))
-        stmt = stmt.where(after)
-    order = (column.desc(), pk.desc()) if descending else (column.asc(), pk.asc())
-    rows = list(session.scalars(stmt.order_by(*order).limit(limit + 1)).all())
-    next_cursor = None
-    if len(rows) > limit:
-        rows = rows[:limit]
-        last = rows[-1]
-        next_cursor = encode_cursor(sort, [sort_key.value_of(last), last.id])
-    return Page(rows, next_cursor)
+    stmt, sort_key = _keyset_page_statement(stmt, pk=pk, sortable=sortable, sort=sort, cursor=cursor, limit=limit)
+    return _page(list(session.scalars(stmt).all()), sort_key, sort, limit)
+
+
+def paginate_rows(
+    session: Session,
+    stmt: Select[Any],
+    *,
+    pk: Any,
+    sortable: Mapping[str, SortKey],
+    sort: str,
+    cursor: str | None,
+    limit: int,
+) -> Page[Row[Any]]:
+    """Like ``paginate`` for a select of columns: plain rows (named like the columns), no ORM objects.
+
+    Executed on the session's connection, so no identity map, no instance state and no ORM result
+    processing: for a page of 50 wide rows that is most of the cost of a list request.
+    """
+    stmt, sort_key = _keyset_page_statement(stmt, pk=pk, sortable=sortable, sort=sort, cursor=cursor, limit=limit)
+    return _page(list(session.connection().execute(stmt).all()), sort_key, sort, limit)

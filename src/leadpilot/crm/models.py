@@ -184,8 +184,12 @@ class Lead(TimestampMixin, Base):
         CheckConstraint(_in("stage", Stage), name="stage"),
         CheckConstraint("budget IS NULL OR budget >= 0", name="budget"),
         Index("ix_leads_created_at_id", "created_at", "id"),
-        # Serves owner_id = ? (a salesperson's leads) and owner_id IS NULL AND stage IN (...) (the pool).
-        Index("ix_leads_owner_stage", "owner_id", "stage"),
+        # Serves owner_id = ? (a salesperson's leads), owner_id = ? AND stage = ? newest first (one range,
+        # no sort) and owner_id IS NULL AND stage IN (...) (the pool).
+        Index("ix_leads_owner_stage_created_at", "owner_id", "stage", "created_at", "id"),
+        # Filtered lead lists in the default order (newest first) read one index range, no sort (migration 0002).
+        Index("ix_leads_region_created_at", "region", "created_at", "id"),
+        Index("ix_leads_product_line_created_at", "product_line", "created_at", "id"),
         AUTOINCREMENT,
     )
 
@@ -193,9 +197,9 @@ class Lead(TimestampMixin, Base):
     title: Mapped[str] = mapped_column(String(300), nullable=False, default="")
     account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id", ondelete="SET NULL"), index=True)
     contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id", ondelete="SET NULL"), index=True)
-    product_line: Mapped[str | None] = mapped_column(String(80), index=True)
+    product_line: Mapped[str | None] = mapped_column(String(80))
     source: Mapped[str | None] = mapped_column(String(80))
-    region: Mapped[str | None] = mapped_column(String(120), index=True)
+    region: Mapped[str | None] = mapped_column(String(120))
     budget: Mapped[float | None] = mapped_column(Float)
     owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     team_id: Mapped[int | None] = mapped_column(ForeignKey("teams.id", ondelete="SET NULL"), index=True)
@@ -313,3 +317,7 @@ class ImportedRow(Base):
     fingerprint: Mapped[str] = mapped_column(String(64), nullable=False)
     lead_id: Mapped[int] = mapped_column(Integer, nullable=False)
     run_id: Mapped[int | None] = mapped_column(Integer)
+
+
+# The feature pipeline's tables share this metadata (migrations and the models-vs-schema test see them).
+from leadpilot.features import models as _feature_models  # noqa: E402, F401

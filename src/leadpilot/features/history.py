@@ -26,9 +26,19 @@ CREATE TABLE IF NOT EXISTS runs (
 """
 
 
-def apply_snapshot(con: duckdb.DuckDBPyConnection, snapshot: pa.Table, day: date, dims: list[int]) -> int:
-    """Fold one day's full snapshot (for ``dims``) into the history; returns the number of keys that changed.
+def apply_snapshot(
+    con: duckdb.DuckDBPyConnection,
+    snapshot: pa.Table,
+    day: date,
+    dims: list[int],
+    *,
+    groups: pa.Table | None = None,
+    always: list[int] | None = None,
+) -> int:
+    """Fold one day's snapshot (for ``dims``) into the history; returns the number of keys that changed.
 
+    The snapshot is complete, or (``groups`` given) complete for those (dim, k1, k2, base_id, bucket) groups
+    plus every feature of the base ids in ``always``: history rows outside them are left alone.
     Runs inside the caller's transaction: a failure leaves the history as it was.
     """
     con.register("snap_in", snapshot)
@@ -38,10 +48,21 @@ def apply_snapshot(con: duckdb.DuckDBPyConnection, snapshot: pa.Table, day: date
     next_day = nxt[0] if nxt else None
     nd = f"DATE '{next_day.isoformat()}'" if next_day else "NULL"
     con.execute("CREATE OR REPLACE TEMP TABLE snap AS SELECT * FROM snap_in")
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE cur AS SELECT * FROM history "
-        f"WHERE dim IN ({dim_list}) AND valid_from <= {d} AND (valid_to IS NULL OR valid_to > {d})"
-    )
+    covering = f"h.dim IN ({dim_list}) AND h.valid_from <= {d} AND (h.valid_to IS NULL OR h.valid_to > {d})"
+    if groups is None:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE cur AS SELECT h.* FROM history h WHERE {covering}")
+    else:
+        con.register("groups_in", groups)
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE cur AS SELECT h.* FROM history h SEMI JOIN ("
+            "SELECT dim, k1, k2, CAST(base_id AS INTEGER) * 100 + CAST(bucket AS INTEGER) AS grp FROM groups_in) g "
+            f"ON h.dim = g.dim AND h.k1 = g.k1 AND h.k2 = g.k2 AND h.feature_id // 100 = g.grp WHERE {covering}"
+        )
+        if always:
+            con.execute(
+                f"INSERT INTO cur SELECT h.* FROM history h WHERE {covering} "
+                f"AND h.feature_id // 10000 IN ({', '.join(map(str, always))})"
+            )
     # Keys whose value on `day` differs from what the history says (appeared, vanished or changed).
     # A history row is identified by its key and valid_from (rowids are not used: they are not stable
     # across the deletes and inserts of one transaction).

@@ -5,7 +5,7 @@ benchmark baseline.  It recomputes every window from raw events for one day (no 
 from __future__ import annotations
 
 import json
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -32,15 +32,22 @@ def reference_values(
     event_files: list[str],
     table_files: dict[str, str],
     day: date,
+    at: datetime | None = None,
 ) -> Any:
-    """Long DataFrame (dim, k1, k2, feature_id, value) of every non-zero feature as of the end of ``day``."""
+    """Long DataFrame (dim, k1, k2, feature_id, value) of every non-zero feature as of the end of ``day``.
+
+    With ``at`` (a UTC instant on ``day`` or at the next midnight): as of that instant instead: events
+    before ``at``, windows still by whole days (window 7d = ``day`` and the 6 days before), DAYS_SINCE up to
+    ``at``.  DAYS_SINCE is in days here (the engines carry anchors).
+    """
     import pandas as pd
 
     end = pd.Timestamp(datetime.combine(day + timedelta(days=1), datetime.min.time()))
+    cutoff = pd.Timestamp(at.astimezone(UTC).replace(tzinfo=None)) if at is not None else end
     events = pd.concat([pq.read_table(f).to_pandas() for f in event_files], ignore_index=True) if event_files else None
     frames = []
     if events is not None and len(events):
-        events = events[events["occurred_at"] < end]
+        events = events[events["occurred_at"] < cutoff]
         leads = pq.read_table(table_files["leads"]).to_pandas()
         leads = leads.rename(columns={"id": "lead_id", "source": "lead_source"})
         events = events.merge(
@@ -59,10 +66,10 @@ def reference_values(
         events["pl_code"] = events["product_line"].map(codes)
         for base in dictionary.base_features:
             if isinstance(base.source, EventSource):
-                frames.append(_event_feature(base, events, end, pd))
+                frames.append(_event_feature(base, events, end, cutoff, pd))
     for base in dictionary.base_features:
         if isinstance(base.source, TableSource):
-            frames.append(_table_feature(base, base.source, table_files, end, pd))
+            frames.append(_table_feature(base, base.source, table_files, cutoff, pd))
     frames = [f for f in frames if f is not None and len(f)]
     if not frames:
         return pd.DataFrame({"dim": [], "k1": [], "k2": [], "feature_id": [], "value": []})
@@ -71,7 +78,7 @@ def reference_values(
     return out.sort_values(["dim", "k1", "k2", "feature_id"], ignore_index=True)
 
 
-def _event_feature(base: Any, events: Any, end: Any, pd: Any) -> Any:
+def _event_feature(base: Any, events: Any, end: Any, cutoff: Any, pd: Any) -> Any:
     source: EventSource = base.source
     k1, k2 = _KEYS[base.dimension]
     mask = events["type"].isin(source.events) & events[k1].notna()
@@ -118,12 +125,14 @@ def _event_feature(base: Any, events: Any, end: Any, pd: Any) -> Any:
             elif function is Function.MAX:
                 results[function] = grouped["v"].max()
             elif function is Function.LAST:
-                # The value of the latest row (by time, then id), even when that value is missing.
-                results[function] = w.drop_duplicates(["k1", "k2", "bucket"], keep="last").set_index(
-                    ["k1", "k2", "bucket"]
-                )["v"]
+                # The value of the latest row (by time, then id) that has a value.
+                results[function] = (
+                    w[w["v"].notna()]
+                    .drop_duplicates(["k1", "k2", "bucket"], keep="last")
+                    .set_index(["k1", "k2", "bucket"])["v"]
+                )
             elif function is Function.DAYS_SINCE:
-                results[function] = (end - grouped["at"].max()).dt.total_seconds() / 86400.0
+                results[function] = (cutoff - grouped["at"].max()).dt.total_seconds() / 86400.0
             elif function is Function.DISTINCT_COUNT:
                 results[function] = grouped["d"].nunique().astype(float)
         for function, series in results.items():

@@ -24,7 +24,7 @@ from scipy import sparse
 from sqlalchemy import Engine
 
 from leadpilot.features import history
-from leadpilot.features.dictionary import Dimension, FeatureDictionary, Function
+from leadpilot.features.dictionary import WINDOWS, Dimension, FeatureDictionary, Function, TableSource
 from leadpilot.features.engines import ComputeEngine, get_engine
 from leadpilot.features.engines.duckdb_engine import connect
 from leadpilot.features.lake import EventLake, SyncReport
@@ -255,6 +255,11 @@ class FeatureStore:
         shutil.rmtree(staging, ignore_errors=True)
         with self._connect() as con:
             con.executemany("INSERT OR IGNORE INTO tiled_parts VALUES (?)", [[p] for p in new_parts])
+            if rebuilt:
+                oldest = min(name[4:] for name in rebuilt)
+                found = con.execute("SELECT value FROM meta WHERE key = 'oldest_retiled_day'").fetchone()
+                if found is None or oldest < found[0]:
+                    con.execute("INSERT OR REPLACE INTO meta VALUES ('oldest_retiled_day', ?)", [oldest])
         if progress:
             progress("tiles", 1, 1)
         return len(rebuilt)
@@ -264,7 +269,7 @@ class FeatureStore:
         """Every non-zero derived value as of the end of ``day``, computed from the tiles (DAYS_SINCE in days)."""
         return present(self._raw_values(day), day, self.dictionary)
 
-    def _raw_values(self, day: date) -> pa.Table:
+    def _raw_values(self, day: date, groups: pa.Table | None = None) -> pa.Table:
         first = earliest_tile_day(self.dictionary, day)
         return self.engine.window_values(
             self.dictionary,
@@ -272,6 +277,7 @@ class FeatureStore:
             distinct_files=self._tile_files(self.distinct_dir, first, day),
             table_files={t: str(self.lake.dimension_path(t)) for t in ("leads", "accounts", "users")},
             day=day,
+            groups=groups,
         )
 
     def snapshot(self, day: date, dimension: Dimension) -> FeatureMatrix:
@@ -334,18 +340,81 @@ class FeatureStore:
         report.seconds = (datetime.now(UTC) - started).total_seconds()
         return report
 
-    def fold_day(self, day: date) -> tuple[int, int]:
-        """Compute one day's snapshot and apply it to the history in one transaction."""
-        table = self._raw_values(day)
+    def _incremental_base(self, day: date) -> date | None:
+        """The previous run a fold of ``day`` can start from, or None when it must recompute everything.
+
+        Folding day D after day P (the newest run, P < D) only has to revisit the (entity, feature, bucket)
+        groups with tiles that entered a window (days P+1 .. D) or left one (P+1-w .. D-w for each window w),
+        provided no tile of a day up to P was rebuilt since P was folded.
+        """
+        with self._connect() as con:
+            newest = con.execute("SELECT max(day) FROM runs").fetchone()
+            retiled = con.execute("SELECT value FROM meta WHERE key = 'oldest_retiled_day'").fetchone()
+        previous = newest[0] if newest else None
+        if previous is None or previous >= day:
+            return None
+        if retiled is not None and date.fromisoformat(retiled[0]) <= previous:
+            return None
+        return previous
+
+    def _affected_groups(self, previous: date, day: date, *, entering: bool = True) -> pa.Table:
+        """(dim, k1, k2, base_id, bucket) groups whose windows can differ between ``previous`` and ``day``:
+        with tiles that entered a window (days previous+1 .. day; skipped when ``entering`` is False) or
+        left one.
+        """
+        spans = {WINDOWS[w][1] for b in self.dictionary.base_features for w in b.windows} - {None}
+        touched: set[date] = set()
+        offsets = sorted(s for s in spans if s is not None)
+        for offset in [0, *offsets] if entering else offsets:
+            first, last = previous + timedelta(days=1 - offset), day - timedelta(days=offset)
+            touched.update(first + timedelta(days=i) for i in range((last - first).days + 1))
+        files = [
+            f
+            for base in (self.tiles_dir, self.distinct_dir)
+            for f in self._tile_files(base, min(touched), max(touched))
+            if date.fromisoformat(Path(f).parent.name[4:]) in touched
+        ]
+        if not files:
+            return pa.table(
+                {
+                    "dim": pa.array([], pa.int8()),
+                    "k1": pa.array([], pa.int64()),
+                    "k2": pa.array([], pa.int64()),
+                    "base_id": pa.array([], pa.int32()),
+                    "bucket": pa.array([], pa.int8()),
+                }
+            )
+        names = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+        with connect() as con:
+            return con.sql(
+                "SELECT DISTINCT CAST(dim AS TINYINT) AS dim, CAST(k1 AS BIGINT) AS k1, CAST(k2 AS BIGINT) AS k2, "
+                "CAST(base_id AS INTEGER) AS base_id, CAST(bucket AS TINYINT) AS bucket "
+                f"FROM read_parquet([{names}], union_by_name = true)"
+            ).to_arrow_table()
+
+    def fold_day(self, day: date, *, incremental: bool = True) -> tuple[int, int]:
+        """Compute one day's snapshot and apply it to the history in one transaction.
+
+        When the previous day is the newest run (the daily case), only the groups whose windows can have
+        changed are recomputed and compared; the rest of the history is left as it is (it cannot differ).
+        """
+        previous = self._incremental_base(day) if incremental else None
+        groups = self._affected_groups(previous, day) if previous is not None else None
+        table = self._raw_values(day, groups=groups)
         dims = sorted(DIMENSION_CODES.values())
+        table_bases = [b.id for b in self.dictionary.base_features if isinstance(b.source, TableSource)]
         with self._connect() as con:
             con.execute("BEGIN TRANSACTION")
             try:
-                changed = history.apply_snapshot(con, table, day, dims)
+                changed = history.apply_snapshot(con, table, day, dims, groups=groups, always=table_bases)
                 con.execute(
                     "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?)",
                     [day, sum(1 << d for d in dims), datetime.now(UTC).replace(tzinfo=None), table.num_rows, changed],
                 )
+                newest = con.execute("SELECT max(day) FROM runs").fetchone()
+                if newest and newest[0] == day:
+                    # Every re-tiled day is now reflected in the newest run.
+                    con.execute("DELETE FROM meta WHERE key = 'oldest_retiled_day'")
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
@@ -403,9 +472,12 @@ class FeatureStore:
         return FeatureMatrix(dimension, key_array, feature_ids, matrix)
 
     def values_at(
-        self, dimension: Dimension, day: date, keys: Sequence[tuple[int, int]] | None = None
+        self, dimension: Dimension, day: date, keys: Sequence[tuple[int, int]] | None = None, *, anchors: bool = False
     ) -> FeatureMatrix:
-        """The stored (history) matrix of one dimension as of the end of ``day``; all entities or the given keys."""
+        """The stored (history) matrix of one dimension as of the end of ``day``; all entities or the given keys.
+
+        ``anchors=True`` leaves DAYS_SINCE as stored (the last event's epoch seconds), for the online store.
+        """
         code = DIMENSION_CODES[dimension]
         with self._connect() as con:
             d = f"DATE '{day.isoformat()}'"
@@ -414,7 +486,8 @@ class FeatureStore:
                 con.register("wanted_keys", pa.table({"k1": [k[0] for k in keys], "k2": [k[1] for k in keys]}))
                 where += " AND (k1, k2) IN (SELECT (k1, k2) FROM wanted_keys)"
             table = con.sql(f"SELECT dim, k1, k2, feature_id, value FROM history WHERE {where}").to_arrow_table()
-        return _values_to_matrix(present(table, day, self.dictionary), dimension, self.feature_ids(dimension))
+        shown = table if anchors else present(table, day, self.dictionary)
+        return _values_to_matrix(shown, dimension, self.feature_ids(dimension))
 
     def feature_history(self, dimension: Dimension, key: tuple[int, int], feature_id: int) -> list[dict[str, Any]]:
         """Every stored value of one feature of one entity, oldest first (DAYS_SINCE: the last event's time)."""

@@ -5,70 +5,83 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
+from pydantic import BaseModel, Field
 
 from leadpilot.api.deps import (
     CurrentActor,
     IdPath,
-    IdQuery,
     PagingDep,
     ReadDB,
     SessionReleasingRoute,
-    TimeQuery,
     WriteDB,
-    page_response,
+    row_page_response,
 )
 from leadpilot.crm import leads
 from leadpilot.crm.models import Lead, Stage
-from leadpilot.crm.schemas import AssignRequest, LeadCreate, LeadPublic, LeadUpdate, PageOut, StageChange
+from leadpilot.crm.schemas import (
+    MAX_ID,
+    AssignRequest,
+    LeadCreate,
+    LeadPublic,
+    LeadUpdate,
+    PageOut,
+    StageChange,
+    UTCTimestamp,
+)
 
 router = APIRouter(prefix="/leads", tags=["leads"], route_class=SessionReleasingRoute)
 
-Text = Annotated[str | None, Query(max_length=120)]
+Text = Annotated[str | None, Field(max_length=120)]
+Id = Annotated[int | None, Field(ge=1, le=MAX_ID)]
+Timestamp = Annotated[UTCTimestamp | None, Field(description="ISO 8601 with a time zone")]
+
+
+class LeadListQuery(BaseModel):
+    """The lead list's filters, validated as one model (one pydantic call instead of one per parameter)."""
+
+    stage: list[Stage] | None = Field(None, description="repeat for several stages")
+    product_line: Text = None
+    region: Text = None
+    source: Text = None
+    owner_id: Id = None
+    team_id: Id = None
+    account_id: Id = None
+    in_pool: bool | None = None
+    min_budget: float | None = None
+    max_budget: float | None = None
+    min_score: float | None = None
+    max_score: float | None = None
+    created_after: Timestamp = None
+    created_before: Timestamp = None
+    q: Annotated[str | None, Field(max_length=200, description="text in the title")] = None
 
 
 @router.get("", response_model=PageOut[LeadPublic])
 def list_leads(
-    actor: CurrentActor,
-    db: ReadDB,
-    paging: PagingDep,
-    stage: Annotated[list[Stage] | None, Query(description="repeat for several stages")] = None,
-    product_line: Text = None,
-    region: Text = None,
-    source: Text = None,
-    owner_id: IdQuery = None,
-    team_id: IdQuery = None,
-    account_id: IdQuery = None,
-    in_pool: bool | None = None,
-    min_budget: float | None = None,
-    max_budget: float | None = None,
-    min_score: float | None = None,
-    max_score: float | None = None,
-    created_after: TimeQuery = None,
-    created_before: TimeQuery = None,
-    q: Annotated[str | None, Query(max_length=200, description="text in the title")] = None,
+    actor: CurrentActor, db: ReadDB, paging: PagingDep, query: Annotated[LeadListQuery, Query()]
 ) -> Response:
     """Leads the caller may see: sales their own and the pool, supervisors their subtree, admins all."""
     filters = leads.LeadFilters(
-        stage=[s.value for s in stage] if stage else None,
-        product_line=product_line,
-        region=region,
-        source=source,
-        owner_id=owner_id,
-        team_id=team_id,
-        account_id=account_id,
-        in_pool=in_pool,
-        min_budget=min_budget,
-        max_budget=max_budget,
-        min_score=min_score,
-        max_score=max_score,
-        created_after=created_after,
-        created_before=created_before,
-        q=q,
+        stage=[s.value for s in query.stage] if query.stage else None,
+        product_line=query.product_line,
+        region=query.region,
+        source=query.source,
+        owner_id=query.owner_id,
+        team_id=query.team_id,
+        account_id=query.account_id,
+        in_pool=query.in_pool,
+        min_budget=query.min_budget,
+        max_budget=query.max_budget,
+        min_score=query.min_score,
+        max_score=query.max_score,
+        created_after=query.created_after,
+        created_before=query.created_before,
+        q=query.q,
     )
     page = leads.list_leads(
         db, actor=actor, filters=filters, sort=paging.sort or "-created_at", cursor=paging.cursor, limit=paging.limit
     )
-    return page_response(page, LeadPublic)
+    return row_page_response(page, LeadPublic)
 
 
 @router.post("", response_model=LeadPublic, status_code=201)

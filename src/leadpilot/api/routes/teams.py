@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
 from leadpilot.api.deps import (
     CurrentActor,
@@ -12,6 +12,7 @@ from leadpilot.api.deps import (
     ReadDB,
     SessionReleasingRoute,
     WriteDB,
+    forget_cached_actors,
     page_response,
 )
 from leadpilot.crm import people
@@ -39,10 +40,11 @@ def list_teams(
 
 
 @router.post("", response_model=TeamPublic, status_code=201)
-def create_team(data: TeamCreate, actor: CurrentActor, db: WriteDB) -> Team:
+def create_team(data: TeamCreate, actor: CurrentActor, db: WriteDB, request: Request) -> Team:
     """Create a team (admins)."""
     team = people.create_team(db, actor=actor, data=data)
     db.commit()
+    forget_cached_actors(request)  # a new sub-team widens its supervisors' subtrees
     return team
 
 
@@ -53,16 +55,18 @@ def get_team(team_id: IdPath, actor: CurrentActor, db: ReadDB) -> Team:
 
 
 @router.patch("/{team_id}", response_model=TeamPublic)
-def update_team(team_id: IdPath, data: TeamUpdate, actor: CurrentActor, db: WriteDB) -> Team:
+def update_team(team_id: IdPath, data: TeamUpdate, actor: CurrentActor, db: WriteDB, request: Request) -> Team:
     """Change a team (admins)."""
     team = people.update_team(db, actor=actor, team_id=team_id, data=data)
     db.commit()
+    forget_cached_actors(request)  # a new parent moves subtrees between supervisors
     return team
 
 
 @router.delete("/{team_id}", status_code=204)
-def delete_team(team_id: IdPath, actor: CurrentActor, db: WriteDB) -> Response:
+def delete_team(team_id: IdPath, actor: CurrentActor, db: WriteDB, request: Request) -> Response:
     """Delete an empty team (admins)."""
     people.delete_team(db, actor=actor, team_id=team_id)
     db.commit()
+    forget_cached_actors(request)  # supervisors' subtrees lose it
     return Response(status_code=204)

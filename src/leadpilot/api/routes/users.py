@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
 from leadpilot.api.deps import (
     CurrentActor,
@@ -12,6 +12,7 @@ from leadpilot.api.deps import (
     ReadDB,
     SessionReleasingRoute,
     WriteDB,
+    forget_cached_actors,
     page_response,
 )
 from leadpilot.crm import people
@@ -59,16 +60,18 @@ def get_user(user_id: IdPath, actor: CurrentActor, db: ReadDB) -> User:
 
 
 @router.patch("/{user_id}", response_model=UserPublic)
-def update_user(user_id: IdPath, data: UserUpdate, actor: CurrentActor, db: WriteDB) -> User:
+def update_user(user_id: IdPath, data: UserUpdate, actor: CurrentActor, db: WriteDB, request: Request) -> User:
     """Change a user (admins; supervisors limited fields in their subtree)."""
     user = people.update_user(db, actor=actor, user_id=user_id, data=data)
     db.commit()
+    forget_cached_actors(request)  # role, team or active flag may have changed
     return user
 
 
 @router.delete("/{user_id}", response_model=UserPublic)
-def deactivate_user(user_id: IdPath, actor: CurrentActor, db: WriteDB) -> User:
+def deactivate_user(user_id: IdPath, actor: CurrentActor, db: WriteDB, request: Request) -> User:
     """Deactivate a user (admins); users are never hard-deleted, the event log refers to them."""
     user = people.deactivate_user(db, actor=actor, user_id=user_id)
     db.commit()
+    forget_cached_actors(request)  # their tokens stop working in this worker at once
     return user

@@ -46,8 +46,12 @@ class ComputeEngine(ABC):
         distinct_files: list[str],
         table_files: dict[str, str],
         day: date,
+        groups: pa.Table | None = None,
     ) -> pa.Table:
         """Every derived feature's non-zero value as of the end of ``day`` (``VALUES_SCHEMA``).
 
         DAYS_SINCE features carry their anchor, the last event's time in epoch seconds (see ``store``).
+        ``groups`` (dim, k1, k2, base_id, bucket) or entities (dim, k1, k2), when given, limits the windowed
+        features to them (the daily incremental fold, real-time fusion); table-sourced features are always
+        computed in full.
         """

@@ -76,17 +76,24 @@ class DuckDBEngine(ComputeEngine):
         distinct_files: list[str],
         table_files: dict[str, str],
         day: date,
+        groups: pa.Table | None = None,
     ) -> pa.Table:
         parts: list[pa.Table] = []
         queries: list[str] = []
         with self._connect() as con:
+            if groups is not None:
+                con.register("affected", groups)
             if tile_files:
-                source = f"read_parquet([{', '.join(map(_quote, tile_files))}], hive_partitioning = true)"
+                source = _restricted(
+                    f"read_parquet([{', '.join(map(_quote, tile_files))}], hive_partitioning = true)", groups
+                )
                 plan = sql.window_plan(dictionary, source, day)
                 if plan is not None:
                     parts.append(unpivot(con.sql(plan.sql).to_arrow_table(), plan))
             if distinct_files:
-                source = f"read_parquet([{', '.join(map(_quote, distinct_files))}], hive_partitioning = true)"
+                source = _restricted(
+                    f"read_parquet([{', '.join(map(_quote, distinct_files))}], hive_partitioning = true)", groups
+                )
                 query = sql.distinct_values_sql(dictionary, source, day)
                 if query:
                     queries.append(query)
@@ -104,6 +111,14 @@ class DuckDBEngine(ComputeEngine):
         if not parts:
             return VALUES_SCHEMA.empty_table()
         return sort_values(pa.concat_tables([p.cast(VALUES_SCHEMA) for p in parts]))
+
+
+def _restricted(source: str, groups: pa.Table | None) -> str:
+    """Tiles of ``source``, only of the registered ``affected`` groups (or entities: dim, k1, k2) when given."""
+    if groups is None:
+        return source
+    on = " AND ".join(f"t.{c} = a.{c}" for c in ("dim", "k1", "k2", "base_id", "bucket") if c in groups.column_names)
+    return f"(SELECT t.* FROM {source} t SEMI JOIN affected a ON {on})"
 
 
 def _running(col: dict[str, np.ndarray], same_as_previous: np.ndarray) -> None:
