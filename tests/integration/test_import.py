@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from leadpilot.crm import customers, leads, schemas
 from leadpilot.crm.access import SYSTEM
 from leadpilot.crm.errors import Invalid
+from leadpilot.crm.events import EventRecord, bus
 from leadpilot.crm.models import (
     Account,
     AuditEntry,
@@ -30,6 +31,7 @@ from leadpilot.crm.models import (
     ImportRun,
     Lead,
 )
+from leadpilot.db.bulk import bulk_job_connection
 from leadpilot.db.engine import make_engine
 from leadpilot.intake import importer
 from leadpilot.intake.importer import ImportSummary, import_leads
@@ -665,6 +667,47 @@ def test_merge_links_a_stored_lead_without_account(engine: Engine, tmp_path: Pat
     assert count(engine, Account) == 1
 
 
+def test_merges_into_leads_sharing_an_account_never_overwrite_it(engine: Engine, tmp_path: Path) -> None:
+    """Two stored leads of one account: the first row fills its industry, the second finds it set."""
+    headers = [*HEADERS, "Industry"]
+    first = [
+        [*lead_row(1, Company="Acme", **{"Product line": "housing"}), ""],
+        [*lead_row(2, Company="Acme", **{"Product line": "cars"}), ""],
+    ]
+    import_leads(engine, write_csv(tmp_path / "first.csv", first, headers=headers), workers=0)
+    assert lead_by_ext(engine, "L-1")["account"]["id"] == lead_by_ext(engine, "L-2")["account"]["id"]
+    second = [
+        [*lead_row(11, Phone="+1 415 555 1001", Company="Acme"), "retail"],
+        [*lead_row(12, Phone="+1 415 555 1002", Company="Acme"), "banking"],
+    ]
+    summary = import_leads(engine, write_csv(tmp_path / "second.csv", second, headers=headers), workers=0)
+    assert (summary.created, summary.merged) == (0, 2)
+    assert lead_by_ext(engine, "L-1")["account"]["industry"] == "retail"
+    by_row = {e.payload["row"]: e.payload for e in events_of(engine, "lead_merged")}
+    assert "account.industry" in by_row[2]["filled"]
+    assert "account.industry" in by_row[3]["conflicts"]
+
+
+def test_lead_created_payload_describes_the_row_that_created_the_lead(
+    engine: Engine, tmp_path: Path, fresh: Callable[[], Engine]
+) -> None:
+    """The same file in one batch or in two gives the same leads and events, payloads included."""
+    rows = [
+        lead_row(1, **{"Product line": ""}, Source=""),
+        lead_row(2, Phone="+1 415 555 1001", **{"Product line": "cars"}, Source="fair"),
+    ]
+    path = write_csv(tmp_path / "pair.csv", rows)
+    import_leads(engine, path, batch_size=10, workers=0)
+    other = fresh()
+    import_leads(other, path, batch_size=1, workers=0)
+    # (Only the version differs: a merge into a stored lead counts as an edit, one before insert does not.)
+    assert snapshot(other, with_version=False) == snapshot(engine, with_version=False)
+    (created,) = events_of(engine, "lead_created")
+    assert (created.payload["source"], created.payload["product_line"]) == ("import", None)
+    lead = lead_by_ext(engine, "L-1")
+    assert (lead["title"], lead["product_line"], lead["source"]) == ("Company 1", "cars", "import")
+
+
 def dedup_rows() -> list[list[str]]:
     """Rows with duplicates of every kind, near and far apart, some invalid."""
     rows: list[list[str]] = []
@@ -764,17 +807,17 @@ def test_a_run_killed_half_way_can_be_re_run(
     db = fresh()
 
     # The second batch dies in the middle of its transaction: after its leads, before their events.
-    real = importer.append_events_bulk
+    real = importer._write_events
     calls = {"n": 0}
 
-    def dying(session: Session, rows: list[dict[str, Any]]) -> list[int]:
-        if any(r["type"] == "lead_created" for r in rows):
+    def dying(session: Session, batch: Any, events: list[tuple[Any, ...]]) -> None:
+        if any(event[1] == "lead_created" for event in events):
             calls["n"] += 1
             if calls["n"] == 2:
                 raise Crash("killed")
-        return real(session, rows)
+        real(session, batch, events)
 
-    monkeypatch.setattr(importer, "append_events_bulk", dying)
+    monkeypatch.setattr(importer, "_write_events", dying)
     with pytest.raises(Crash):
         import_leads(db, path, batch_size=10, workers=0)
     monkeypatch.undo()
@@ -851,6 +894,36 @@ def test_every_created_lead_has_an_event_and_the_run_is_recorded(engine: Engine,
     assert all(e.payload["via"] == "import" and e.payload["run_id"] == summary.run_id for e in created)
     assert len(events_of(engine, "lead_merged")) == summary.merged
     assert sorted(i for a in audit_rows for i in a.detail["created"]) == lead_ids
+
+
+def test_import_events_reach_subscribers_after_each_commit(engine: Engine, tmp_path: Path) -> None:
+    received: list[list[EventRecord]] = []
+    unsubscribe = bus.subscribe(received.append)
+    try:
+        summary = import_leads(engine, write_csv(tmp_path / "dups.csv", dedup_rows()), batch_size=20, workers=0)
+    finally:
+        unsubscribe()
+    assert len(received) == 4  # one delivery per committed batch
+    records = [r for batch in received for r in batch]
+    with Session(engine) as s:
+        stored = {e.id: (e.type, e.lead_id, e.payload) for e in s.scalars(select(Event))}
+    assert {r.id: (r.type, r.lead_id, r.payload) for r in records} == stored
+    assert Counter(r.type for r in records) == {"lead_created": summary.created, "lead_merged": summary.merged}
+
+
+def test_bulk_job_connection_sets_sqlite_back(sqlite_engine: Engine) -> None:
+    def pragmas(conn: Any) -> tuple[int, int]:
+        driver = conn.connection.driver_connection
+        return tuple(driver.execute(f"PRAGMA {name}").fetchone()[0] for name in ("cache_size", "wal_autocheckpoint"))
+
+    sqlite_engine.dispose()
+    with sqlite_engine.connect() as conn:
+        before = pragmas(conn)
+    with bulk_job_connection(sqlite_engine) as conn:
+        assert pragmas(conn) == (-256 * 1024, 10_000)
+        assert conn.connection.driver_connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    with sqlite_engine.connect() as conn:  # the same pooled connection, as it was
+        assert pragmas(conn) == before
 
 
 def test_the_sample_file(engine: Engine) -> None:

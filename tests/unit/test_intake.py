@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import re
 import zipfile
+from dataclasses import astuple
 from pathlib import Path
 
 import pytest
 from openpyxl import Workbook
 
 from leadpilot.crm.errors import Invalid
-from leadpilot.intake.importer import write_error_report
+from leadpilot.intake import importer
+from leadpilot.intake.importer import created_payload, validate_chunk, validated_chunks, write_error_report
 from leadpilot.intake.mapping import (
     FIELDS,
     SYNONYMS,
@@ -22,7 +25,7 @@ from leadpilot.intake.mapping import (
     mapping_as_dict,
 )
 from leadpilot.intake.reader import detect_delimiter, detect_encoding, read_csv_text, read_table
-from leadpilot.intake.validate import CleanRow, RowError, clean_row, parse_amount
+from leadpilot.intake.validate import CleanRow, RowError, clean_row, clean_values, fingerprint, parse_amount
 
 CHINESE_HEADERS = ["公司", "联系人", "手机", "邮箱", "产品线", "来源", "城市", "预算"]
 CHINESE_ROWS = [
@@ -496,6 +499,70 @@ def test_fingerprint_depends_on_normalised_values_not_row_number() -> None:
     assert isinstance(b, CleanRow)
     assert a.fingerprint() == b.fingerprint()
     assert a.fingerprint() != _clean(phone="+1 (415) 555-2671", email="Bob@Example.com", notes="x").fingerprint()
+
+
+def test_fingerprint_is_the_one_earlier_versions_stored() -> None:
+    """A re-run must recognise rows imported by earlier releases: the hash input may never change."""
+    row = _clean(
+        contact_name="张伟",
+        email="Bob@Example.com",
+        budget="¥50万",
+        do_not_call="yes",
+        company_size="中型",
+        notes='a "quoted", note',
+    )
+    assert row.fingerprint() == "1056b6cbf70e3b94531c3bc6047aa6551c1d48e9ced4fe49075ad5bcab3b36b2"
+    assert fingerprint(astuple(row)) == row.fingerprint()
+
+
+def test_clean_values_is_the_clean_row_as_a_tuple() -> None:
+    cells = [{"company": "Acme Ltd", "phone": "415 555 2671", "budget": "1.5k"}.get(n, "") for n in FIELDS]
+    values = clean_values(5, cells, ALL, "US")
+    assert isinstance(values, tuple)
+    assert values == astuple(clean_row(5, cells, ALL, "US"))
+    assert CleanRow(*values).budget == 1500
+    assert clean_values(5, [""] * len(FIELDS), ALL, "US") == clean_row(5, [""] * len(FIELDS), ALL, "US")
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {},
+        {"source": "fair", "product_line": "housing"},
+        {"source": '"quoted" \\ back\\slash', "product_line": "二手车 · 房产"},
+        {"product_line": "tab\tnew\nline \u2028"},
+    ],
+)
+def test_created_payload_is_what_json_dumps_writes(values: dict[str, str]) -> None:
+    row = _clean(**values)
+    expected = {
+        "via": "import",
+        "run_id": 12,
+        "row": 7,
+        "source": row.source or "import",
+        "product_line": row.product_line,
+    }
+    assert created_payload(astuple(row), 12) == json.dumps(expected)
+
+
+@pytest.mark.parametrize("helping", [True, False])
+def test_validation_in_pieces_and_in_a_worker_gives_whole_chunks_in_file_order(
+    monkeypatch: pytest.MonkeyPatch, helping: bool
+) -> None:
+    monkeypatch.setattr(importer, "PIECE_ROWS", 2)  # chunks of 5 rows are validated as 2 + 2 + 1
+    cells = [
+        [{"company": f"Firm {i}", "phone": "12" if i % 4 == 0 else f"+1 415 555 {1000 + i}"}.get(n, "") for n in FIELDS]
+        for i in range(42)
+    ]
+    rows = list(enumerate(cells, start=2))
+    expected = [validate_chunk(rows[start : start + 5], ALL, "US", 5) for start in range(0, len(rows), 5)]
+    inline = list(validated_chunks(rows, ALL, "US", chunk_size=5, workers=0, run_id=5))
+    pooled = list(validated_chunks(rows, ALL, "US", chunk_size=5, workers=1, run_id=5, may_help=lambda: helping))
+    assert inline == pooled == expected
+    assert [seen for seen, _, _ in inline] == [5] * 8 + [2]
+    clean = [values for _, chunk, _ in inline for values, _, _ in chunk]
+    assert [values[0] for values in clean] == [n for n, _ in rows if (n - 2) % 4]  # file order, bad rows out
+    assert [e.row for _, _, errors in inline for e in errors] == [n for n, _ in rows if (n - 2) % 4 == 0]
 
 
 def test_import_docs_list_every_recognised_header() -> None:

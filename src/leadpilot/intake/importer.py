@@ -8,35 +8,46 @@ the same state as one clean run.
 De-duplication: a row matching an existing lead by phone, by e-mail, or by company + product line
 is merged into it: empty fields are filled, nothing is overwritten, and a lead_merged event records
 what was filled and what conflicted. A lead without a contact (or account) gets one from the row.
+
+The work is split so that no step waits on another for long: worker processes validate and normalise
+rows and send them back as plain tuples (the main process validates a chunk itself whenever it would
+otherwise wait for them); the main process plans each batch in memory against an index of the store
+(``_Known``), with ids reserved ahead of time, into ready-made row tuples; a writer thread inserts them
+with multi-row statements and applies the merges into stored leads, one UPDATE per set of filled
+columns, while the main process plans the next batch.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import multiprocessing
+import queue
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
+from datetime import datetime
+from json import encoder as json_encoder
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Connection, Engine, Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from leadpilot.crm.access import SYSTEM, Actor
 from leadpilot.crm.audit import audit
 from leadpilot.crm.errors import Invalid
-from leadpilot.crm.events import EventType, append_events_bulk
-from leadpilot.crm.models import Account, Contact, ImportedRow, ImportRun, Lead, Stage
+from leadpilot.crm.events import EventType, append_events_bulk, bus
+from leadpilot.crm.models import Account, Contact, Event, ImportedRow, ImportRun, Lead, Stage
 from leadpilot.db.base import utcnow
-from leadpilot.db.bulk import allocate_ids, bulk_insert, refresh_statistics, reserve_ids
+from leadpilot.db.bulk import bind_value, bulk_job_connection, insert_tuples, refresh_statistics, reserve_ids
 from leadpilot.intake.mapping import Mapping, MappingFile, build_mapping, load_mapping_file, mapping_as_dict
 from leadpilot.intake.reader import read_table
-from leadpilot.intake.validate import CleanRow, RowError, clean_row
+from leadpilot.intake.validate import CLEAN_FIELDS, CleanValues, RowError, clean_values, fingerprint
 
 Progress = Callable[[int, int], None]
 # Plain strings: reading an Enum's .value costs more than it looks in a loop over 100,000 rows.
@@ -46,12 +57,41 @@ LEAD_MERGED = EventType.LEAD_MERGED.value
 MAX_STORED_ERRORS = 10_000
 # A large import changes the data's shape enough that the query planner needs fresh statistics.
 ANALYZE_AFTER_CREATED = 1_000
-# What a merge may fill, as {row attribute: stored column}, per record. In a lead_merged event the
+# Ids per IN (...) list when reading the stored leads that rows merge into.
+READ_CHUNK = 500
+# Rows per piece of validation work, and pieces queued per worker process: small pieces let the importing
+# process, when it validates one itself, soon get back to feeding the writer.
+PIECE_ROWS = 1000
+PIECES_QUEUED = 4
+HELP_CHECK_SECONDS = 0.01
+
+# Positions in a clean row (validate.CleanValues: CleanRow's fields in order).
+_AT = {name: i for i, name in enumerate(CLEAN_FIELDS)}
+ROW, COMPANY, COMPANY_KEY, CONTACT_NAME = _AT["row"], _AT["company"], _AT["company_key"], _AT["contact_name"]
+PHONE, EMAIL, PRODUCT_LINE, SOURCE = _AT["phone"], _AT["email"], _AT["product_line"], _AT["source"]
+REGION, BUDGET, INDUSTRY, COMPANY_SIZE = _AT["region"], _AT["budget"], _AT["industry"], _AT["company_size"]
+TITLE, NOTES, EXTERNAL_ID, CONSENT = _AT["title"], _AT["notes"], _AT["external_id"], _AT["consent"]
+DO_NOT_CALL, COMPANY_LINE = _AT["do_not_call"], _AT["company_line"]
+# What a merge may fill, as {position in the row: stored column}, per record. In a lead_merged event the
 # names are the columns: a lead's as they are, a contact's and an account's with a prefix.
-LEAD_FILL = {n: n for n in ("title", "product_line", "source", "region", "budget", "notes", "external_id")}
-CONTACT_FILL = {"contact_name": "name", "phone": "phone", "email": "email"}
-ACCOUNT_FILL = {"industry": "industry", "region": "region", "company_size": "size"}
+LEAD_FILL = {_AT[n]: n for n in ("title", "product_line", "source", "region", "budget", "notes", "external_id")}
+CONTACT_FILL = {CONTACT_NAME: "name", PHONE: "phone", EMAIL: "email"}
+ACCOUNT_FILL = {INDUSTRY: "industry", REGION: "region", COMPANY_SIZE: "size"}
 FILL_GROUPS = (("", LEAD_FILL), ("contact.", CONTACT_FILL), ("account.", ACCOUNT_FILL))
+# The columns of the row tuples a batch inserts, in tuple order.
+ACCOUNT_COLUMNS = ("id", "name", "name_key", "industry", "region", "size", "created_at", "updated_at")
+CONTACT_COLUMNS = ("id", "account_id", "name", "phone", "email", "consent", "do_not_call", "created_at", "updated_at")
+LEAD_COLUMNS = (
+    *("id", "account_id", "contact_id", "title", "product_line", "source", "region", "budget", "notes"),
+    *("external_id", "stage", "stage_changed_at", "version", "created_at", "updated_at"),
+)
+EVENT_COLUMNS = ("id", "type", "lead_id", "actor_id", "occurred_at", "recorded_at", "payload")
+IMPORTED_COLUMNS = ("fingerprint", "lead_id", "run_id")
+
+# A valid row as the validation workers send it: (values, fingerprint, lead_created payload as JSON text).
+Clean = tuple[CleanValues, str, str]
+Validated = tuple[int, list[Clean], list[RowError]]
+_json_str = json_encoder.encode_basestring_ascii  # how json.dumps writes a str (ensure_ascii, as stored)
 
 
 @dataclass
@@ -96,32 +136,61 @@ class ImportSummary:
         }
 
 
+def created_payload(values: CleanValues, run_id: int) -> str:
+    """The lead_created payload of a row as JSON text, byte for byte what ``json.dumps`` makes of the dict
+    ``{"via": "import", "run_id", "row", "source", "product_line"}`` (built without it: one per row)."""
+    source = _json_str(values[SOURCE] or "import")
+    product_line = "null" if values[PRODUCT_LINE] is None else _json_str(values[PRODUCT_LINE])
+    return (
+        f'{{"via": "import", "run_id": {run_id}, "row": {values[ROW]}, '
+        f'"source": {source}, "product_line": {product_line}}}'
+    )
+
+
+def merged_payload(run_id: int, row: int, matched_by: str, filled: list[str], conflicts: list[str]) -> str:
+    """The lead_merged payload as JSON text."""
+    return json.dumps(
+        {
+            "run_id": run_id,
+            "row": row,
+            "matched_by": matched_by,
+            "filled": sorted(filled),
+            "conflicts": sorted(conflicts),
+        }
+    )
+
+
 @dataclass
 class _Known:
-    """In-memory de-duplication index of the store, kept current as batches commit."""
+    """In-memory index of the store for de-duplication, kept current as batches are planned."""
 
     by_phone: dict[str, int] = field(default_factory=dict)
     by_email: dict[str, int] = field(default_factory=dict)
     by_company_line: dict[tuple[str, str], int] = field(default_factory=dict)
     accounts: dict[str, int] = field(default_factory=dict)
     fingerprints: set[str] = field(default_factory=set)
+    # Leads with no account / no contact: a merge links one (planned here, so ids are known up front).
+    without_account: set[int] = field(default_factory=set)
+    without_contact: set[int] = field(default_factory=set)
 
-    def match(self, row: CleanRow) -> tuple[int | None, str | None]:
-        if row.phone and row.phone in self.by_phone:
-            return self.by_phone[row.phone], "phone"
-        if row.email and row.email in self.by_email:
-            return self.by_email[row.email], "email"
-        key = row.company_line
+    def match(self, row: CleanValues) -> tuple[int | None, str]:
+        phone = row[PHONE]
+        if phone and phone in self.by_phone:
+            return self.by_phone[phone], "phone"
+        email = row[EMAIL]
+        if email and email in self.by_email:
+            return self.by_email[email], "email"
+        key = row[COMPANY_LINE]
         if key and key in self.by_company_line:
             return self.by_company_line[key], "company+product_line"
-        return None, None
+        return None, ""
 
-    def remember(self, lead_id: int, row: CleanRow) -> None:
-        if row.phone and row.phone not in self.by_phone:
-            self.by_phone[row.phone] = lead_id
-        if row.email and row.email not in self.by_email:
-            self.by_email[row.email] = lead_id
-        key = row.company_line
+    def remember(self, lead_id: int, row: CleanValues) -> None:
+        phone, email, key = row[PHONE], row[EMAIL], row[COMPANY_LINE]
+        if phone and phone not in self.by_phone:
+            self.by_phone[phone] = lead_id
+        if email and email not in self.by_email:
+            self.by_email[email] = lead_id
         if key and key not in self.by_company_line:
             self.by_company_line[key] = lead_id
 
@@ -129,398 +198,524 @@ class _Known:
 def _load_known(session: Session) -> _Known:
     known = _Known()
     stmt = (
-        select(Lead.id, Contact.phone, Contact.email, Account.name_key, Lead.product_line)
+        select(Lead.id, Lead.account_id, Lead.contact_id, Contact.phone, Contact.email, Account.name_key)
+        .add_columns(Lead.product_line)
         .outerjoin(Contact, Contact.id == Lead.contact_id)
         .outerjoin(Account, Account.id == Lead.account_id)
         .order_by(Lead.id)
     )
-    for lead_id, phone, email, name_key, product_line in session.execute(stmt):
+    for lead_id, account_id, contact_id, phone, email, name_key, product_line in session.execute(stmt):
         if phone:
             known.by_phone.setdefault(phone, lead_id)
         if email:
             known.by_email.setdefault(email, lead_id)
         if name_key:
             known.by_company_line.setdefault((name_key, (product_line or "").strip().lower()), lead_id)
+        if account_id is None:
+            known.without_account.add(lead_id)
+        if contact_id is None:
+            known.without_contact.add(lead_id)
     for account_id, name_key in session.execute(select(Account.id, Account.name_key).order_by(Account.id)):
         known.accounts.setdefault(name_key, account_id)
     known.fingerprints = set(session.scalars(select(ImportedRow.fingerprint)))
     return known
 
 
-@dataclass
-class _Pending:
-    """A lead to be created in this batch, possibly with later rows of the batch merged into it."""
-
-    row: CleanRow
-    lead_id: int
-    merged_rows: list[tuple[CleanRow, str, dict[str, Any]]] = field(default_factory=list)
+def _default_title(row: CleanValues) -> str:
+    who = row[COMPANY] or row[CONTACT_NAME] or ""
+    return f"{who} · {row[PRODUCT_LINE]}" if row[PRODUCT_LINE] else who
 
 
-def _fill(target: dict[str, Any], source: CleanRow, names: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
-    """Fill empty target fields from the row; returns (filled, conflicting field names)."""
-    filled: dict[str, Any] = {}
-    conflicts: list[str] = []
-    for src, dst in names.items():
-        value = getattr(source, src)
-        if value in (None, ""):
-            continue
-        current = target.get(dst)
-        if current in (None, ""):
-            target[dst] = value
-            filled[dst] = value
-        elif current != value:
-            conflicts.append(dst)
-    return filled, conflicts
-
-
-def _default_title(row: CleanRow) -> str:
-    who = row.company or row.contact_name or ""
-    return f"{who} · {row.product_line}" if row.product_line else who
+def _is_empty(value: Any) -> bool:
+    return value is None or value == ""
 
 
 class _IdPool:
-    """Ids reserved for one table at the start of an import, handed out in order."""
+    """Ids reserved for one table, handed out in order.
 
-    def __init__(self, engine: Engine, model: type, count: int) -> None:
+    SQLite: everything the import may need is reserved up front, with one UPDATE of sqlite_sequence
+    (reserving later would wait for the writer's open transaction). PostgreSQL: ``block`` ids at a time,
+    when needed (each costs a nextval, so a re-run, which creates nothing, reserves none).
+    """
+
+    def __init__(self, engine: Engine, model: type, expected: int, block: int) -> None:
         self.engine, self.table = engine, model.__table__  # type: ignore[attr-defined]
-        self.ids = reserve_ids(engine, self.table, count)
+        self.block = max(block, 1)
+        self.ids = reserve_ids(engine, self.table, expected) if engine.dialect.name == "sqlite" else []
         self.used = 0
+
+    def _reserve(self, count: int) -> None:
+        # Also where an SQLite import whose row count was an estimate (an XLSX file's stated size can be
+        # wrong) gets more.
+        self.ids.extend(reserve_ids(self.engine, self.table, max(count, self.block)))
 
     def take(self, count: int) -> list[int]:
         short = self.used + count - len(self.ids)
         if short > 0:
-            # The row count was an estimate (an XLSX file's stated size can be wrong): reserve more.
-            self.ids.extend(reserve_ids(self.engine, self.table, max(short, 1000)))
+            self._reserve(short)
         taken = self.ids[self.used : self.used + count]
         self.used += count
         return taken
 
+    def next(self) -> int:
+        if self.used >= len(self.ids):
+            self._reserve(1)
+        self.used += 1
+        return self.ids[self.used - 1]
+
 
 @dataclass
-class _Plan:
-    """One batch, fully prepared with real ids, for the writer: inserts in foreign-key order, then merges."""
+class _StoredMerge:
+    """A row to merge into a lead stored before this batch, with the ids the planner decided for it."""
 
-    inserts: list[tuple[Any, list[dict[str, Any]]]]
-    merges: dict[int, list[tuple[CleanRow, str]]]
+    row: CleanValues
+    matched_by: str
+    event_id: int
+    link_account_id: int | None  # the lead has no account: link it to this one
+    new_contact_id: int | None  # the lead has no contact: give it a new one with this id
+
+
+@dataclass
+class _Batch:
+    """One batch, fully planned with real ids, for the writer: row tuples in foreign-key order, then merges."""
+
+    now: datetime
+    accounts: list[tuple[Any, ...]]
+    contacts: list[tuple[Any, ...]]
+    leads: list[tuple[Any, ...]]
+    events: list[tuple[Any, ...]]
+    imported: list[tuple[Any, ...]]
+    merges: dict[int, list[_StoredMerge]]
     created_ids: list[int]
 
 
 class _Planner:
-    """Classifies clean rows (new, merge, already imported) and prepares insert rows; no database access."""
+    """Classifies clean rows (new, merge, already imported) and builds the batch's rows; no database access."""
 
-    def __init__(self, known: _Known, pools: dict[str, _IdPool], run_id: int, actor: Actor) -> None:
-        self.known, self.pools, self.run_id, self.actor = known, pools, run_id, actor
+    def __init__(self, known: _Known, pools: dict[str, _IdPool], run_id: int, actor: Actor, engine: Engine) -> None:
+        self.known, self.pools, self.run_id, self.actor_id = known, pools, run_id, actor.id
+        self.dialect = engine.dialect
 
-    def plan(self, rows: list[tuple[CleanRow, str]], summary: ImportSummary) -> _Plan | None:
+    def plan(self, rows: list[Clean], summary: ImportSummary) -> _Batch | None:
         known = self.known
-        new_rows = [(row, fp) for row, fp in rows if fp not in known.fingerprints]
+        fingerprints = known.fingerprints
+        new_rows = [item for item in rows if item[1] not in fingerprints]
         summary.unchanged += len(rows) - len(new_rows)
         if not new_rows:
             return None
-        lead_ids = iter(self.pools["leads"].take(len(new_rows)))
-        pending: dict[int, _Pending] = {}
-        merges: dict[int, list[tuple[CleanRow, str]]] = {}
-        imported: list[dict[str, Any]] = []
-        for row, fp in new_rows:
-            if fp in known.fingerprints:  # the same row twice in one batch
+        now = utcnow()
+        # Timestamps as the driver takes them (on SQLite a string), converted once per batch.
+        stamp = bind_value(self.dialect, Lead.__table__.c.created_at, now)
+        actor_id, run_id = self.actor_id, self.run_id
+        lead_ids = self.pools["leads"].take(len(new_rows))
+        event_ids = self.pools["events"].take(len(new_rows))
+        accounts, account_pool = known.accounts, self.pools["accounts"]
+        # Accounts this batch creates, {id: the lead whose row gives its name and fields} or the row itself.
+        new_accounts: dict[int, int | CleanValues] = {}
+        pending: dict[int, CleanValues] = {}  # leads created in this batch, with their (merged) row
+        merges: dict[int, list[_StoredMerge]] = {}
+        events: list[tuple[Any, ...]] = []
+        imported: list[tuple[Any, ...]] = []
+        created = merged = 0
+        for (row, fp, payload), event_id in zip(new_rows, event_ids, strict=True):
+            if fp in fingerprints:  # the same row twice in one batch
                 summary.unchanged += 1
                 continue
-            known.fingerprints.add(fp)
+            fingerprints.add(fp)
             lead_id, matched_by = known.match(row)
             if lead_id is None:
-                lead_id = next(lead_ids)
-                pending[lead_id] = _Pending(row, lead_id)
-                summary.created += 1
+                lead_id = lead_ids[created]
+                created += 1
+                pending[lead_id] = row
+                key = row[COMPANY_KEY]
+                if key and key not in accounts:
+                    accounts[key] = account_id = account_pool.next()
+                    new_accounts[account_id] = lead_id
+                events.append((event_id, LEAD_CREATED, lead_id, actor_id, stamp, stamp, payload))
             elif lead_id in pending:
-                self._merge_pending(pending[lead_id], row, matched_by or "")
-                summary.merged += 1
+                pending[lead_id], filled, conflicts = _merge_into_new(pending[lead_id], row)
+                detail = merged_payload(run_id, row[ROW], matched_by, filled, conflicts)
+                events.append((event_id, LEAD_MERGED, lead_id, actor_id, stamp, stamp, detail))
+                merged += 1
             else:
-                merges.setdefault(lead_id, []).append((row, matched_by or ""))
-                summary.merged += 1
+                merge = self._stored_merge(lead_id, row, matched_by, event_id, new_accounts)
+                merges.setdefault(lead_id, []).append(merge)
+                merged += 1
             known.remember(lead_id, row)
-            imported.append({"fingerprint": fp, "lead_id": lead_id, "run_id": self.run_id})
-        inserts = self._new_lead_rows(list(pending.values()))
-        inserts.append((ImportedRow, imported))
-        return _Plan(inserts, merges, list(pending))
-
-    def _merge_pending(self, item: _Pending, row: CleanRow, matched_by: str) -> None:
-        """Merge a row into a lead created earlier in the same batch (its row is filled before insert)."""
-        # The defaults the lead is created with count as set, as they would if it were already stored:
-        # the outcome must not depend on whether two matching rows fall into the same batch.
-        item.row.title = item.row.title or _default_title(item.row)
-        item.row.source = item.row.source or "import"
-        filled: list[str] = []
-        conflicts: list[str] = []
-        updates: dict[str, Any] = {}
-        if not item.row.company_key and row.company_key:
-            updates.update(company=row.company, company_key=row.company_key, company_line=row.company_line)
-            filled.append("account")
-        for prefix, names in FILL_GROUPS:
-            # Each record compared with the row as it was before this merge, as for a stored lead.
-            current = {dst: getattr(item.row, src) for src, dst in names.items()}
-            new_values, clashes = _fill(current, row, names)
-            filled.extend(prefix + dst for dst in new_values)
-            conflicts.extend(prefix + dst for dst in clashes)
-            updates.update({src: new_values[dst] for src, dst in names.items() if dst in new_values})
-        for name, value in updates.items():
-            setattr(item.row, name, value)
-        item.merged_rows.append((row, matched_by, {"filled": sorted(filled), "conflicts": sorted(conflicts)}))
-
-    def _new_lead_rows(self, pending: list[_Pending]) -> list[tuple[Any, list[dict[str, Any]]]]:
-        if not pending:
-            return []
-        now = utcnow()
-        known = self.known
-        # Accounts: reuse an existing one with the same folded name, else create one per new name.
-        new_accounts: dict[str, CleanRow] = {}
-        for item in pending:
-            key = item.row.company_key
-            if key and key not in known.accounts and key not in new_accounts:
-                new_accounts[key] = item.row
-        account_rows: list[dict[str, Any]] = [
-            {
-                "id": account_id,
-                "name": r.company,
-                "name_key": k,
-                "industry": r.industry,
-                "region": r.region,
-                "size": r.company_size,
-                "created_at": now,
-                "updated_at": now,
-            }
-            for account_id, (k, r) in zip(
-                self.pools["accounts"].take(len(new_accounts)), new_accounts.items(), strict=True
-            )
-        ]
-        for account in account_rows:
-            known.accounts[account["name_key"]] = account["id"]
-        with_contact = [i for i in pending if i.row.phone or i.row.email or i.row.contact_name]
-        contact_ids = self.pools["contacts"].take(len(with_contact))
-        contact_of = {item.lead_id: cid for item, cid in zip(with_contact, contact_ids, strict=True)}
-        contact_rows = [
-            {
-                "id": contact_of[i.lead_id],
-                "account_id": known.accounts.get(i.row.company_key or ""),
-                "name": i.row.contact_name or "",
-                "phone": i.row.phone,
-                "email": i.row.email,
-                "consent": i.row.consent,
-                "do_not_call": i.row.do_not_call,
-                "created_at": now,
-                "updated_at": now,
-            }
-            for i in with_contact
-        ]
-        lead_rows = [
-            {
-                "id": i.lead_id,
-                "title": i.row.title or _default_title(i.row),
-                "account_id": known.accounts.get(i.row.company_key or ""),
-                "contact_id": contact_of.get(i.lead_id),
-                "product_line": i.row.product_line,
-                "source": i.row.source or "import",
-                "region": i.row.region,
-                "budget": i.row.budget,
-                "notes": i.row.notes or "",
-                "external_id": i.row.external_id,
-                "stage": NEW_STAGE,
-                "stage_changed_at": now,
-                "version": 1,
-                "created_at": now,
-                "updated_at": now,
-            }
-            for i in pending
-        ]
-        events: list[dict[str, Any]] = []
-        actor_id, run_id = self.actor.id, self.run_id
-        for item in pending:
-            events.append(
-                {
-                    "type": LEAD_CREATED,
-                    "lead_id": item.lead_id,
-                    "actor_id": actor_id,
-                    "occurred_at": now,
-                    "payload": {
-                        "via": "import",
-                        "run_id": run_id,
-                        "row": item.row.row,
-                        "source": item.row.source or "import",
-                        "product_line": item.row.product_line,
-                    },
-                }
-            )
-            for row, matched_by, detail in item.merged_rows:
-                events.append(
-                    {
-                        "type": LEAD_MERGED,
-                        "lead_id": item.lead_id,
-                        "actor_id": actor_id,
-                        "occurred_at": now,
-                        "payload": {"run_id": run_id, "row": row.row, "matched_by": matched_by, **detail},
-                    }
+            imported.append((fp, lead_id, run_id))
+        summary.created += created
+        summary.merged += merged
+        lead_rows, contact_rows = self._new_lead_rows(pending, new_accounts, stamp)
+        account_rows: list[tuple[Any, ...]] = []
+        for account_id, source in new_accounts.items():
+            if isinstance(source, int):  # made for a lead of this batch: it takes that lead's (merged) row
+                r = pending[source]
+                account_rows.append(
+                    (account_id, r[COMPANY], r[COMPANY_KEY], r[INDUSTRY], r[REGION], r[COMPANY_SIZE], stamp, stamp)
                 )
-        return [(Account, account_rows), (Contact, contact_rows), (Lead, lead_rows), ("events", events)]
+            else:  # made to link a stored lead: just the name, the merge fills the rest from the row
+                account_rows.append((account_id, source[COMPANY], source[COMPANY_KEY], None, None, None, stamp, stamp))
+        return _Batch(now, account_rows, contact_rows, lead_rows, events, imported, merges, list(pending))
+
+    def _stored_merge(
+        self,
+        lead_id: int,
+        row: CleanValues,
+        matched_by: str,
+        event_id: int,
+        new_accounts: dict[int, int | CleanValues],
+    ) -> _StoredMerge:
+        """Plan a merge into a stored lead: which account to link it to and which contact id to give it."""
+        known = self.known
+        link_account_id = new_contact_id = None
+        key = row[COMPANY_KEY]
+        if key and lead_id in known.without_account:
+            # The oldest account with the row's company name, else a new one with just the name: the merge
+            # then fills its fields from the row, as for any account it links.
+            link_account_id = known.accounts.get(key)
+            if link_account_id is None:
+                known.accounts[key] = link_account_id = self.pools["accounts"].next()
+                new_accounts[link_account_id] = row
+            known.without_account.discard(lead_id)
+        if lead_id in known.without_contact and (row[PHONE] or row[EMAIL] or row[CONTACT_NAME]):
+            new_contact_id = self.pools["contacts"].next()
+            known.without_contact.discard(lead_id)
+        return _StoredMerge(row, matched_by, event_id, link_account_id, new_contact_id)
+
+    def _new_lead_rows(
+        self, pending: dict[int, CleanValues], new_accounts: dict[int, int | CleanValues], stamp: Any
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        known = self.known
+        accounts = known.accounts
+        contact_ids = iter(self.pools["contacts"].take(len(pending)))  # a few stay unused: leads without one
+        lead_rows: list[tuple[Any, ...]] = []
+        contact_rows: list[tuple[Any, ...]] = []
+        for lead_id, r in pending.items():
+            key = r[COMPANY_KEY]
+            account_id = accounts.get(key) if key else None
+            if key and account_id is None:  # the company came from a row merged into it in this batch
+                accounts[key] = account_id = self.pools["accounts"].next()
+                new_accounts[account_id] = lead_id
+            if account_id is None:
+                known.without_account.add(lead_id)
+            if r[PHONE] or r[EMAIL] or r[CONTACT_NAME]:
+                contact_id: int | None = next(contact_ids)
+                contact_rows.append(
+                    (
+                        contact_id,
+                        account_id,
+                        r[CONTACT_NAME] or "",
+                        r[PHONE],
+                        r[EMAIL],
+                        r[CONSENT],
+                        r[DO_NOT_CALL],
+                        stamp,
+                        stamp,
+                    )
+                )
+            else:
+                contact_id = None
+                known.without_contact.add(lead_id)
+            lead_rows.append(
+                (
+                    lead_id,
+                    account_id,
+                    contact_id,
+                    r[TITLE] or _default_title(r),
+                    r[PRODUCT_LINE],
+                    r[SOURCE] or "import",
+                    r[REGION],
+                    r[BUDGET],
+                    r[NOTES] or "",
+                    r[EXTERNAL_ID],
+                    NEW_STAGE,
+                    stamp,
+                    1,
+                    stamp,
+                    stamp,
+                )
+            )
+        return lead_rows, contact_rows
 
 
-def _write_plan(session: Session, plan: _Plan, run_id: int, actor: Actor) -> dict[str, int]:
-    """Apply a prepared batch in the session's transaction (the writer side); returns accounts it added."""
-    for target, rows in plan.inserts:
-        if not rows:
+def _merge_into_new(target: CleanValues, row: CleanValues) -> tuple[CleanValues, list[str], list[str]]:
+    """Merge a row into a lead created earlier in the same batch; returns its new row, filled and conflicts.
+
+    The defaults the lead is created with count as set, as they would if it were already stored: the
+    outcome must not depend on whether two matching rows fall into the same batch. Each record is
+    compared with the row as it was before this merge, as for a stored lead.
+    """
+    merged = list(target)
+    merged[TITLE] = target[TITLE] or _default_title(target)
+    merged[SOURCE] = target[SOURCE] or "import"
+    filled: list[str] = []
+    conflicts: list[str] = []
+    updates: dict[int, Any] = {}
+    if not target[COMPANY_KEY] and row[COMPANY_KEY]:
+        updates.update({COMPANY: row[COMPANY], COMPANY_KEY: row[COMPANY_KEY], COMPANY_LINE: row[COMPANY_LINE]})
+        filled.append("account")
+    for prefix, names in FILL_GROUPS:
+        for at, name in names.items():
+            value = row[at]
+            if _is_empty(value):
+                continue
+            current = merged[at]
+            if _is_empty(current):
+                updates[at] = value
+                filled.append(prefix + name)
+            elif current != value:
+                conflicts.append(prefix + name)
+    for at, value in updates.items():
+        merged[at] = value
+    return tuple(merged), filled, conflicts
+
+
+def _fill_record(
+    prefix: str,
+    stored: dict[str, Any],
+    row: CleanValues,
+    names: dict[int, str],
+    filled: list[str],
+    conflicts: list[str],
+) -> dict[str, Any]:
+    """Fill a stored record's empty fields from the row, noting them (and conflicts) in the event's lists;
+    returns what was filled ({column: value}) and updates ``stored`` with it."""
+    values: dict[str, Any] = {}
+    for at, name in names.items():
+        value = row[at]
+        if _is_empty(value):
             continue
-        if target == "events":
-            append_events_bulk(session, rows)
-        else:
-            bulk_insert(session, target.__table__, rows)
-    merged_ids, new_accounts = _merge_existing(session, plan.merges, run_id, actor)
-    if plan.created_ids or merged_ids:
+        current = stored.get(name)
+        if _is_empty(current):
+            stored[name] = values[name] = value
+            filled.append(prefix + name)
+        elif current != value:
+            conflicts.append(prefix + name)
+    return values
+
+
+def _rows_by_id(
+    conn: Connection, table: Table, ids: Iterable[int], columns: Iterable[str]
+) -> dict[int, dict[str, Any]]:
+    wanted = sorted(set(ids))
+    cols = [table.c.id, *(table.c[name] for name in columns)]
+    found: dict[int, dict[str, Any]] = {}
+    for start in range(0, len(wanted), READ_CHUNK):
+        for row in conn.execute(select(*cols).where(table.c.id.in_(wanted[start : start + READ_CHUNK]))):
+            values = dict(row._mapping)
+            found[values.pop("id")] = values
+    return found
+
+
+def _update_by_id(
+    conn: Connection, table: Table, changes: dict[int, dict[str, Any]], now: datetime, bumps: Counter[int] | None
+) -> None:
+    """UPDATE many rows, one executemany per set of changed columns; sets updated_at (and bumps version)."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row_id, values in changes.items():
+        params = {"b_id": row_id, "b_now": now, **{f"b_{name}": value for name, value in values.items()}}
+        if bumps is not None:
+            params["b_bump"] = bumps[row_id]
+        groups.setdefault(tuple(sorted(values)), []).append(params)
+    for names, params_list in groups.items():
+        values_clause: dict[str, Any] = {name: bindparam(f"b_{name}", type_=table.c[name].type) for name in names}
+        values_clause["updated_at"] = bindparam("b_now", type_=table.c.updated_at.type)
+        if bumps is not None:
+            values_clause["version"] = table.c.version + bindparam("b_bump")
+        conn.execute(update(table).where(table.c.id == bindparam("b_id")).values(values_clause), params_list)
+
+
+def _merge_stored(session: Session, batch: _Batch, run_id: int, actor_id: int | None) -> list[tuple[Any, ...]]:
+    """Fill empty fields of stored leads (and of their contact and account) from the rows merged into them.
+
+    A lead without an account is linked to the account the planner chose; one without a contact gets a
+    new contact from the row. Each lead, contact and account is read once and updated once, whatever
+    the number of rows merged into it. Returns the lead_merged events.
+    """
+    if not batch.merges:
+        return []
+    conn = session.connection()
+    now = batch.now
+    stamp = bind_value(conn.dialect, Event.__table__.c.occurred_at, now)
+    leads = _rows_by_id(conn, Lead.__table__, batch.merges, ("account_id", "contact_id", *LEAD_FILL.values()))  # type: ignore[arg-type]
+    contacts = _rows_by_id(
+        conn,
+        Contact.__table__,  # type: ignore[arg-type]
+        (lead["contact_id"] for lead in leads.values() if lead["contact_id"] is not None),
+        ("account_id", *CONTACT_FILL.values()),
+    )
+    account_ids = [lead["account_id"] for lead in leads.values() if lead["account_id"] is not None]
+    account_ids += [m.link_account_id for rows in batch.merges.values() for m in rows if m.link_account_id]
+    accounts = _rows_by_id(conn, Account.__table__, account_ids, ACCOUNT_FILL.values())  # type: ignore[arg-type]
+    lead_changes: dict[int, dict[str, Any]] = {}
+    version_bumps: Counter[int] = Counter()
+    contact_changes: dict[int, dict[str, Any]] = {}
+    account_changes: dict[int, dict[str, Any]] = {}
+    new_contacts: dict[int, tuple[str, bool]] = {}  # id: (consent, do_not_call) of the row that made it
+    events: list[tuple[Any, ...]] = []
+    for lead_id, rows in batch.merges.items():
+        lead = leads.get(lead_id)
+        if lead is None:
+            continue  # deleted since the index was loaded; the row's fingerprint still marks it done
+        for merge in rows:
+            row = merge.row
+            filled: list[str] = []
+            conflicts: list[str] = []
+            links: dict[str, int] = {}
+            if lead["account_id"] is None and merge.link_account_id is not None:
+                lead["account_id"] = links["account_id"] = merge.link_account_id
+                filled.append("account")
+                contact = contacts.get(lead["contact_id"]) if lead["contact_id"] is not None else None
+                if contact is not None and contact["account_id"] is None:
+                    contact["account_id"] = merge.link_account_id
+                    contact_changes.setdefault(lead["contact_id"], {})["account_id"] = merge.link_account_id
+            if lead["contact_id"] is None and merge.new_contact_id is not None:
+                lead["contact_id"] = links["contact_id"] = merge.new_contact_id
+                contacts[merge.new_contact_id] = {"account_id": lead["account_id"]} | dict.fromkeys(
+                    CONTACT_FILL.values()
+                )
+                new_contacts[merge.new_contact_id] = (row[CONSENT], row[DO_NOT_CALL])
+                filled.append("contact")
+            lead_values = _fill_record("", lead, row, LEAD_FILL, filled, conflicts)
+            if lead_values or links:
+                lead_changes.setdefault(lead_id, {}).update(lead_values, **links)
+                version_bumps[lead_id] += 1
+            contact_id, account_id = lead["contact_id"], lead["account_id"]
+            if contact_id is not None and contact_id in contacts:
+                contact_values = _fill_record("contact.", contacts[contact_id], row, CONTACT_FILL, filled, conflicts)
+                if contact_values and contact_id not in new_contacts:  # a new contact is inserted as it ends up
+                    contact_changes.setdefault(contact_id, {}).update(contact_values)
+            if account_id is not None and account_id in accounts:
+                account_values = _fill_record("account.", accounts[account_id], row, ACCOUNT_FILL, filled, conflicts)
+                if account_values:
+                    account_changes.setdefault(account_id, {}).update(account_values)
+            detail = merged_payload(run_id, row[ROW], merge.matched_by, filled, conflicts)
+            events.append((merge.event_id, LEAD_MERGED, lead_id, actor_id, stamp, stamp, detail))
+    contact_stamp = bind_value(conn.dialect, Contact.__table__.c.created_at, now)
+    new_contact_rows = []
+    for contact_id, (consent, do_not_call) in new_contacts.items():
+        contact = contacts[contact_id]
+        new_contact_rows.append(
+            (
+                contact_id,
+                contact["account_id"],
+                contact["name"] or "",
+                contact["phone"],
+                contact["email"],
+                consent,
+                do_not_call,
+                contact_stamp,
+                contact_stamp,
+            )
+        )
+    insert_tuples(conn, Contact.__table__, CONTACT_COLUMNS, new_contact_rows)  # type: ignore[arg-type]
+    _update_by_id(conn, Account.__table__, account_changes, now, None)  # type: ignore[arg-type]
+    _update_by_id(conn, Contact.__table__, contact_changes, now, None)  # type: ignore[arg-type]
+    _update_by_id(conn, Lead.__table__, lead_changes, now, version_bumps)  # type: ignore[arg-type]
+    return events
+
+
+def _write_events(session: Session, batch: _Batch, events: list[tuple[Any, ...]]) -> None:
+    """Insert the batch's events; through the event log's own bulk append when they must be delivered."""
+    if not events:
+        return
+    if bus.publishing or bus.subscribers:
+        # Subscribers and the Redis outbox need the events as records: the log's own path does both.
+        rows = [
+            {"type": kind, "lead_id": lead_id, "actor_id": actor_id, "occurred_at": batch.now}
+            | {"payload": json.loads(payload)}
+            for _, kind, lead_id, actor_id, _, _, payload in events
+        ]
+        append_events_bulk(session, rows)
+        return
+    insert_tuples(session.connection(), Event.__table__, EVENT_COLUMNS, events)  # type: ignore[arg-type]
+
+
+def _write_batch(session: Session, batch: _Batch, run_id: int, actor: Actor) -> None:
+    """Apply a planned batch in the session's transaction (the writer side)."""
+    conn = session.connection()
+    insert_tuples(conn, Account.__table__, ACCOUNT_COLUMNS, batch.accounts)  # type: ignore[arg-type]
+    insert_tuples(conn, Contact.__table__, CONTACT_COLUMNS, batch.contacts)  # type: ignore[arg-type]
+    insert_tuples(conn, Lead.__table__, LEAD_COLUMNS, batch.leads)  # type: ignore[arg-type]
+    merge_events = _merge_stored(session, batch, run_id, actor.id)
+    _write_events(session, batch, batch.events + merge_events)
+    insert_tuples(conn, ImportedRow.__table__, IMPORTED_COLUMNS, batch.imported)  # type: ignore[arg-type]
+    if batch.created_ids or batch.merges:
         audit(
             session,
             actor,
             "import",
             "lead",
             None,
-            {"run_id": run_id, "created": plan.created_ids, "merged": merged_ids},
+            {"run_id": run_id, "created": batch.created_ids, "merged": sorted(batch.merges)},
         )
-    return new_accounts
 
 
-def _account_for(session: Session, row: CleanRow, now: Any, new_accounts: dict[str, int]) -> int:
-    """The id of the account named in the row: the oldest with the same folded name, else a new one."""
-    key = row.company_key or ""
-    account_id = session.scalar(select(Account.id).where(Account.name_key == key).order_by(Account.id).limit(1))
-    if account_id is None:
-        account_id = allocate_ids(session, Account.__table__, 1)[0]  # type: ignore[arg-type]
-        values = {"id": account_id, "name": row.company, "name_key": key, "created_at": now, "updated_at": now}
-        bulk_insert(session, Account.__table__, [values])  # type: ignore[arg-type]
-        new_accounts[key] = account_id
-    return account_id
+class _Writer:
+    """Writes planned batches on a thread of its own, one transaction each, in the order they are given.
 
-
-def _new_contact(session: Session, row: CleanRow, account_id: int | None, now: Any) -> int:
-    """An empty contact for a stored lead that has none (the merge then fills it from the row)."""
-    contact_id = allocate_ids(session, Contact.__table__, 1)[0]  # type: ignore[arg-type]
-    values = {
-        "id": contact_id,
-        "account_id": account_id,
-        "name": "",
-        "phone": None,
-        "email": None,
-        "consent": row.consent,
-        "do_not_call": row.do_not_call,
-        "created_at": now,
-        "updated_at": now,
-    }
-    bulk_insert(session, Contact.__table__, [values])  # type: ignore[arg-type]
-    return contact_id
-
-
-def _merge_existing(
-    session: Session, merges: dict[int, list[tuple[CleanRow, str]]], run_id: int, actor: Actor
-) -> tuple[list[int], dict[str, int]]:
-    """Fill empty fields of already stored leads (and their contact and account) from matching rows.
-
-    A stored lead without an account is linked to the row's company (an existing account of that name,
-    else a new one); one without a contact gets a new contact from the row. Returns the merged lead ids
-    and the accounts added ({folded name: id}).
+    The database does most of its work without Python's lock (SQLite's inserts, a PostgreSQL round
+    trip), so the main thread plans the next batch meanwhile. At most one batch waits: planning never
+    runs far ahead of what is committed. A failed batch stops the writer; ``submit`` and ``close`` then
+    raise its error in the main thread. The thread starts with the first batch, after the validation
+    workers have been forked (fork is only safe while the process has a single thread).
     """
-    new_accounts: dict[str, int] = {}
-    if not merges:
-        return [], new_accounts
-    now = utcnow()
-    leads = {lead.id: lead for lead in session.scalars(select(Lead).where(Lead.id.in_(merges)))}
-    contact_ids = [lead.contact_id for lead in leads.values() if lead.contact_id]
-    contacts = {c.id: c for c in session.scalars(select(Contact).where(Contact.id.in_(contact_ids)))}
-    account_ids = [lead.account_id for lead in leads.values() if lead.account_id]
-    accounts = {a.id: a for a in session.scalars(select(Account).where(Account.id.in_(account_ids)))}
-    events: list[dict[str, Any]] = []
-    for lead_id, rows in merges.items():
-        lead = leads.get(lead_id)
-        if lead is None:
-            continue  # deleted since the index was loaded; the row's fingerprint still marks it done
-        contact = contacts.get(lead.contact_id or -1)
-        account = accounts.get(lead.account_id or -1)
-        contact_id = contact.id if contact else None
-        account_id = account.id if account else None
-        stored: dict[str, dict[str, Any]] = {
-            "": {n: getattr(lead, n) for n in LEAD_FILL.values()},
-            "contact.": {n: getattr(contact, n) for n in CONTACT_FILL.values()} if contact else {},
-            "account.": {n: getattr(account, n) for n in ACCOUNT_FILL.values()} if account else {},
-        }
-        for row, matched_by in rows:
-            filled: list[str] = []
-            conflicts: list[str] = []
-            links: dict[str, int] = {}
-            if account_id is None and row.company_key:
-                account_id = links["account_id"] = _account_for(session, row, now, new_accounts)
-                industry, region, size = session.execute(
-                    select(Account.industry, Account.region, Account.size).where(Account.id == account_id)
-                ).one()
-                stored["account."] = {"industry": industry, "region": region, "size": size}
-                filled.append("account")
-                if contact_id is not None:
-                    session.execute(
-                        update(Contact)
-                        .where(Contact.id == contact_id, Contact.account_id.is_(None))
-                        .values(account_id=account_id, updated_at=now)
-                    )
-            if contact_id is None and (row.phone or row.email or row.contact_name):
-                contact_id = links["contact_id"] = _new_contact(session, row, account_id, now)
-                stored["contact."] = {n: None for n in CONTACT_FILL.values()}
-                filled.append("contact")
-            values: dict[str, dict[str, Any]] = {}
-            for prefix, names in FILL_GROUPS:
-                if prefix and not stored[prefix]:
-                    continue  # no such record to fill
-                values[prefix], clashes = _fill(stored[prefix], row, names)
-                filled.extend(prefix + name for name in values[prefix])
-                conflicts.extend(prefix + name for name in clashes)
-            if values[""] or links:
-                session.execute(
-                    update(Lead)
-                    .where(Lead.id == lead_id)
-                    .values(**values[""], **links, updated_at=now, version=Lead.version + 1)
-                    .execution_options(synchronize_session=False)
-                )
-            if values.get("contact.") and contact_id is not None:
-                session.execute(
-                    update(Contact).where(Contact.id == contact_id).values(**values["contact."], updated_at=now)
-                )
-            if values.get("account.") and account_id is not None:
-                session.execute(
-                    update(Account).where(Account.id == account_id).values(**values["account."], updated_at=now)
-                )
-            events.append(
-                {
-                    "type": LEAD_MERGED,
-                    "lead_id": lead_id,
-                    "actor_id": actor.id,
-                    "occurred_at": now,
-                    "payload": {
-                        "run_id": run_id,
-                        "row": row.row,
-                        "matched_by": matched_by,
-                        "filled": sorted(filled),
-                        "conflicts": sorted(conflicts),
-                    },
-                }
-            )
-    append_events_bulk(session, events)
-    return sorted(merges), new_accounts
+
+    def __init__(self, conn: Connection, run_id: int, actor: Actor) -> None:
+        self.conn, self.run_id, self.actor = conn, run_id, actor
+        self.batches: queue.Queue[_Batch | None] = queue.Queue(maxsize=1)
+        self.error: BaseException | None = None
+        self.thread: threading.Thread | None = None
+        self.writing = False
+
+    def _run(self) -> None:
+        while (batch := self.batches.get()) is not None:
+            if self.error is not None:
+                continue  # drain: a failed batch ends the import, later ones are not written
+            self.writing = True
+            try:
+                # One transaction per batch: a crash loses at most this batch, and a re-run redoes it.
+                with Session(bind=self.conn, expire_on_commit=False) as session:
+                    _write_batch(session, batch, self.run_id, self.actor)
+                    session.commit()
+            except BaseException as exc:  # handed to the main thread, which raises it
+                self.error = exc
+            finally:
+                self.writing = False
+
+    def idle(self) -> bool:
+        """Whether the writer has nothing to do (no batch being written or waiting)."""
+        return not self.writing and self.batches.empty()
+
+    def _raise_error(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def submit(self, batch: _Batch) -> None:
+        self._raise_error()
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, name="leadpilot-import-writer", daemon=True)
+            self.thread.start()
+        self.batches.put(batch)
+
+    def close(self) -> None:
+        """Wait until every submitted batch is written (or one failed), then raise its error if any."""
+        if self.thread is not None:
+            self.batches.put(None)
+            self.thread.join()
+        self._raise_error()
 
 
-Validated = tuple[int, list[tuple[CleanRow, str]], list[RowError]]
-
-
-def validate_chunk(chunk: list[tuple[int, list[str]]], mapping: Mapping, region: str) -> Validated:
-    """Validate a chunk of rows: (rows seen, clean rows with fingerprints, errors). Runs in a worker process."""
-    clean: list[tuple[CleanRow, str]] = []
+def validate_chunk(chunk: list[tuple[int, list[str]]], mapping: Mapping, region: str, run_id: int) -> Validated:
+    """Validate a chunk of rows: (rows seen, clean rows, errors). Runs in a worker process."""
+    clean: list[Clean] = []
     errors: list[RowError] = []
     for number, cells in chunk:
-        result = clean_row(number, cells, mapping, region)
+        result = clean_values(number, cells, mapping, region)
         if isinstance(result, list):
             errors.extend(result)
         else:
-            clean.append((result, result.fingerprint()))
+            clean.append((result, fingerprint(result), created_payload(result, run_id)))
     return len(chunk), clean, errors
 
 
@@ -535,25 +730,93 @@ def _chunks(rows: Iterable[tuple[int, list[str]]], size: int) -> Iterator[list[t
         yield chunk
 
 
+def _pieces(
+    rows: Iterable[tuple[int, list[str]]], chunk_size: int, piece_size: int
+) -> Iterator[tuple[list[tuple[int, list[str]]], bool]]:
+    """The rows in chunks of ``chunk_size``, each cut in pieces of ``piece_size``: (piece, last of its chunk)."""
+    for chunk in _chunks(rows, chunk_size):
+        for start in range(0, len(chunk), piece_size):
+            yield chunk[start : start + piece_size], start + piece_size >= len(chunk)
+
+
 def validated_chunks(
-    rows: Iterable[tuple[int, list[str]]], mapping: Mapping, region: str, *, chunk_size: int, workers: int
+    rows: Iterable[tuple[int, list[str]]],
+    mapping: Mapping,
+    region: str,
+    *,
+    chunk_size: int,
+    workers: int,
+    run_id: int = 0,
+    may_help: Callable[[], bool] = lambda: True,
 ) -> Iterator[Validated]:
-    """Validate rows in order; with workers > 0, in worker processes while the caller writes to the database."""
-    chunks = _chunks(rows, chunk_size)
+    """Validate rows, yielding one result per chunk of ``chunk_size`` rows, in file order.
+
+    With workers > 0 the rows are validated in pieces of up to ``PIECE_ROWS`` by worker processes, and
+    by the calling process too: when the next piece from the workers is not ready and ``may_help()``
+    says it has nothing better to do, it validates a later piece itself instead of waiting. (The
+    importer says so while its writer is idle: on a machine with few cores, the writer, the workers
+    and this process then take turns on them rather than crowd them.)
+    """
+    seen, clean, errors = 0, [], []
+    for (piece_seen, piece_clean, piece_errors), last in _validated_pieces(
+        _pieces(rows, chunk_size, min(chunk_size, PIECE_ROWS)), mapping, region, workers, run_id, may_help
+    ):
+        seen += piece_seen
+        clean.extend(piece_clean)
+        errors.extend(piece_errors)
+        if last:
+            yield seen, clean, errors
+            seen, clean, errors = 0, [], []
+
+
+def _validated_pieces(
+    pieces: Iterator[tuple[list[tuple[int, list[str]]], bool]],
+    mapping: Mapping,
+    region: str,
+    workers: int,
+    run_id: int,
+    may_help: Callable[[], bool],
+) -> Iterator[tuple[Validated, bool]]:
     if workers <= 0:
-        for chunk in chunks:
-            yield validate_chunk(chunk, mapping, region)
+        for piece, last in pieces:
+            yield validate_chunk(piece, mapping, region, run_id), last
         return
     # fork starts in milliseconds but is unsafe in a process with other threads; forkserver is safe.
     context = multiprocessing.get_context("fork" if threading.active_count() == 1 else "forkserver")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        in_flight: deque[Future[Validated]] = deque()
-        for chunk in chunks:
-            in_flight.append(pool.submit(validate_chunk, chunk, mapping, region))
-            if len(in_flight) > workers:
-                yield in_flight.popleft().result()
-        while in_flight:
-            yield in_flight.popleft().result()
+        # Pieces in file order: the workers' futures, and the results of those validated here.
+        in_order: deque[tuple[Future[Validated] | Validated, bool]] = deque()
+        submitted = 0  # futures in in_order
+        more = True
+        while True:
+            while more and submitted < PIECES_QUEUED * workers:  # so that no worker runs dry
+                to_submit = next(pieces, None)
+                if to_submit is None:
+                    more = False
+                else:
+                    rows, ends_chunk = to_submit
+                    in_order.append((pool.submit(validate_chunk, rows, mapping, region, run_id), ends_chunk))
+                    submitted += 1
+            if not in_order:
+                return
+            head, last = in_order[0]
+            if isinstance(head, Future) and not head.done():
+                if more and may_help():
+                    to_validate = next(pieces, None)
+                    if to_validate is None:
+                        more = False
+                    else:
+                        rows, ends_chunk = to_validate
+                        in_order.append((validate_chunk(rows, mapping, region, run_id), ends_chunk))
+                else:
+                    wait([head], timeout=HELP_CHECK_SECONDS)  # then look again: the writer may be idle by now
+                continue
+            in_order.popleft()
+            if isinstance(head, Future):
+                submitted -= 1
+                yield head.result(), last
+            else:
+                yield head, last
 
 
 def file_sha256(path: Path) -> str:
@@ -603,34 +866,38 @@ def import_leads(
     # One id per row at most for each table a row can add to; unused ids are simply skipped.
     room = max(table.total_rows, 1)
     pools = {
-        name: _IdPool(engine, model, room)
-        for name, model in (("accounts", Account), ("contacts", Contact), ("leads", Lead))
+        name: _IdPool(engine, model, room, batch_size)
+        for name, model in (("accounts", Account), ("contacts", Contact), ("leads", Lead), ("events", Event))
     }
-    planner = _Planner(known, pools, run.id, actor)
+    planner = _Planner(known, pools, run.id, actor, engine)
+    status = "failed"
     try:
-        for seen, clean, errors in validated_chunks(
-            table.rows, mapping, region, chunk_size=batch_size, workers=use_workers
-        ):
-            summary.total_rows += seen
-            summary.rejected += len({e.row for e in errors})
-            summary.errors.extend(errors)
-            plan = planner.plan(clean, summary)
-            if plan is not None:
-                # One transaction per batch: a crash loses at most this batch, and a re-run redoes it.
-                with Session(engine, expire_on_commit=False) as session:
-                    new_accounts = _write_plan(session, plan, run.id, actor)
-                    session.commit()
-                for key, account_id in new_accounts.items():
-                    known.accounts.setdefault(key, account_id)
-            done += seen
-            if progress:
-                progress(done, table.total_rows)
+        with bulk_job_connection(engine) as conn:
+            writer = _Writer(conn, run.id, actor)
+            try:
+                for seen, clean, errors in validated_chunks(
+                    table.rows,
+                    mapping,
+                    region,
+                    chunk_size=batch_size,
+                    workers=use_workers,
+                    run_id=run.id,
+                    may_help=writer.idle,
+                ):
+                    summary.total_rows += seen
+                    summary.rejected += len({e.row for e in errors})
+                    summary.errors.extend(errors)
+                    batch = planner.plan(clean, summary)
+                    if batch is not None:
+                        writer.submit(batch)
+                    done += seen
+                    if progress:
+                        progress(done, table.total_rows)
+            finally:
+                writer.close()
         if summary.created >= ANALYZE_AFTER_CREATED:
             refresh_statistics(engine)
         status = "done"
-    except BaseException:
-        status = "failed"
-        raise
     finally:
         summary.seconds = time.perf_counter() - started
         with Session(engine) as session:
@@ -654,7 +921,7 @@ def write_error_report(errors: list[RowError], path: Path) -> None:
     """Write the per-row errors as CSV (row, field, reason, value), UTF-8 with BOM so Excel reads Chinese."""
     try:
         with path.open("w", newline="", encoding="utf-8-sig") as fh:
-            writer = csv.writer(fh)
+            writer = csv.writer(fh, delimiter=",")
             writer.writerow(["row", "field", "reason", "value"])
             for e in errors:
                 writer.writerow([e.row, e.field, e.reason, e.value])

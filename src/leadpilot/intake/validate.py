@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, fields
+from typing import Any
 
 from leadpilot.crm.errors import Invalid
 from leadpilot.crm.models import AccountSize, Consent
@@ -49,6 +50,7 @@ _CONSENT = {
     "": Consent.UNKNOWN,
     "未知": Consent.UNKNOWN,
 }
+_CONSENT_VALUES = {text: consent.value for text, consent in _CONSENT.items()}
 _SIZES = {s.value: s.value for s in AccountSize} | {
     "微型": "micro",
     "小型": "small",
@@ -68,7 +70,7 @@ class RowError:
     value: str = ""
 
 
-@dataclass
+@dataclass(slots=True)
 class CleanRow:
     """A row that passed validation, normalised."""
 
@@ -94,11 +96,23 @@ class CleanRow:
 
     def fingerprint(self) -> str:
         """Hash of the normalised values (not the row number): the same row imported twice is a no-op."""
-        blob = "\x1f".join("" if (v := getattr(self, name)) is None else str(v) for name in _FINGERPRINT_FIELDS)
-        return hashlib.sha256(blob.encode()).hexdigest()
+        return fingerprint(tuple(getattr(self, name) for name in CLEAN_FIELDS))
 
 
-_FINGERPRINT_FIELDS = tuple(f.name for f in fields(CleanRow) if f.name not in ("row", "company_line"))
+# A clean row as a plain tuple, in CleanRow's field order: what the importer's worker processes send
+# back (a tuple pickles several times faster than an object).
+CleanValues = tuple[Any, ...]
+CLEAN_FIELDS = tuple(f.name for f in fields(CleanRow))
+# Every field but the row number and company_line (derived), in field order.
+_FINGERPRINTED = slice(CLEAN_FIELDS.index("company"), CLEAN_FIELDS.index("do_not_call") + 1)
+_TEXT_LIMITS = tuple(MAX_LENGTH.items())
+
+
+def fingerprint(values: CleanValues) -> str:
+    """SHA-256 of a clean row's normalised values, row number excluded (unchanged since the first release,
+    so a re-run recognises rows imported by earlier versions)."""
+    blob = "\x1f".join(["" if v is None else str(v) for v in values[_FINGERPRINTED]])
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def parse_amount(text: str) -> float:
@@ -116,59 +130,100 @@ def parse_amount(text: str) -> float:
 
 def clean_row(number: int, cells: list[str], mapping: Mapping, default_region: str) -> CleanRow | list[RowError]:
     """Validate one row; returns the clean row or every error found in it."""
+    result = clean_values(number, cells, mapping, default_region)
+    return result if isinstance(result, list) else CleanRow(*result)
+
+
+def clean_values(number: int, cells: list[str], mapping: Mapping, default_region: str) -> CleanValues | list[RowError]:
+    """Validate one row; returns the clean row as a tuple (CleanRow's field order) or every error in it.
+
+    The importer's hot loop: it runs once per row of a file, so it reads plain locals and a dict
+    rather than setting attributes one by one.
+    """
     raw: dict[str, str] = {}
+    size = len(cells)
     for name, index in mapping.columns.items():
-        raw[name] = cells[index].strip() if index < len(cells) and cells[index] is not None else ""
-    for name, value in mapping.defaults.items():
+        cell = cells[index] if index < size else None
+        raw[name] = "" if cell is None else cell.strip()
+    for name, default in mapping.defaults.items():
         if not raw.get(name):
-            raw[name] = value
+            raw[name] = default
+    get = raw.get
     errors: list[RowError] = []
-    row = CleanRow(row=number)
-    for name, limit in MAX_LENGTH.items():
-        value = raw.get(name, "")
-        if len(value) > limit:
-            errors.append(RowError(number, name, f"longer than {limit} characters", value[:40] + "…"))
-        elif value:
-            setattr(row, name, value)
-    if not raw.get("company") and not raw.get("contact_name"):
+    text: dict[str, str] = {}
+    for name, limit in _TEXT_LIMITS:
+        value = get(name)
+        if value:
+            if len(value) > limit:
+                errors.append(RowError(number, name, f"longer than {limit} characters", value[:40] + "…"))
+            else:
+                text[name] = value
+    raw_phone = get("phone")
+    raw_email = get("email")
+    if not get("company") and not get("contact_name"):
         errors.append(RowError(number, "company", "required: a company or a contact name"))
-    if not raw.get("phone") and not raw.get("email"):
+    if not raw_phone and not raw_email:
         errors.append(RowError(number, "phone", "required: a phone number or an e-mail address"))
-    if raw.get("phone"):
+    phone = email = None
+    if raw_phone:
         try:
-            row.phone = normalise_phone(raw["phone"], default_region)
+            phone = normalise_phone(raw_phone, default_region)
         except Invalid as exc:
-            errors.append(RowError(number, "phone", exc.message, raw["phone"]))
-    if raw.get("email"):
+            errors.append(RowError(number, "phone", exc.message, raw_phone))
+    if raw_email:
         try:
-            row.email = normalise_email(raw["email"])
+            email = normalise_email(raw_email)
         except Invalid as exc:
-            errors.append(RowError(number, "email", exc.message, raw["email"]))
-    if raw.get("budget"):
+            errors.append(RowError(number, "email", exc.message, raw_email))
+    budget = None
+    raw_budget = get("budget")
+    if raw_budget:
         try:
-            row.budget = parse_amount(raw["budget"])
+            budget = parse_amount(raw_budget)
         except ValueError:
-            errors.append(RowError(number, "budget", "not a non-negative amount (at most 1e15)", raw["budget"]))
-    if raw.get("company_size"):
-        size = _SIZES.get(raw["company_size"].lower())
-        if size is None:
+            errors.append(RowError(number, "budget", "not a non-negative amount (at most 1e15)", raw_budget))
+    company_size = None
+    raw_size = get("company_size")
+    if raw_size:
+        company_size = _SIZES.get(raw_size.lower())
+        if company_size is None:
             allowed = ", ".join(s.value for s in AccountSize)
-            errors.append(RowError(number, "company_size", f"unknown size; use one of {allowed}", raw["company_size"]))
-        row.company_size = size
-    consent = _CONSENT.get(raw.get("consent", "").lower())
+            errors.append(RowError(number, "company_size", f"unknown size; use one of {allowed}", raw_size))
+    raw_consent = get("consent", "")
+    consent = _CONSENT_VALUES.get(raw_consent.lower())
     if consent is None:
-        errors.append(RowError(number, "consent", "unknown consent; use granted, denied or unknown", raw["consent"]))
-    else:
-        row.consent = consent.value
-    dnc = raw.get("do_not_call", "").lower()
-    if dnc in _TRUE:
-        row.do_not_call = True
-    elif dnc not in _FALSE:
-        errors.append(RowError(number, "do_not_call", "not a yes/no value", raw["do_not_call"]))
+        errors.append(RowError(number, "consent", "unknown consent; use granted, denied or unknown", raw_consent))
+    raw_dnc = get("do_not_call", "")
+    dnc = raw_dnc.lower()
+    do_not_call = dnc in _TRUE
+    if not do_not_call and dnc not in _FALSE:
+        errors.append(RowError(number, "do_not_call", "not a yes/no value", raw_dnc))
     if errors:
         return errors
-    if row.company:
-        row.company_key = company_key(row.company) or None
-        if row.company_key:
-            row.company_line = (row.company_key, (row.product_line or "").strip().lower())
-    return row
+    company = text.get("company")
+    product_line = text.get("product_line")
+    key = line = None
+    if company:
+        key = company_key(company) or None
+        if key:
+            line = (key, (product_line or "").strip().lower())
+    return (
+        number,
+        company,
+        key,
+        text.get("contact_name"),
+        phone,
+        email,
+        product_line,
+        text.get("source"),
+        text.get("region"),
+        budget,
+        text.get("industry"),
+        company_size,
+        text.get("title"),
+        text.get("notes"),
+        text.get("external_id"),
+        consent,
+        do_not_call,
+        line,
+    )
