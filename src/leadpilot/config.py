@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     feature_engine: Literal["duckdb", "spark"] = "duckdb"
     feature_dictionary: Path | None = None
     feature_retention_days: int = Field(default=548, ge=1)
+    feature_memory_limit: str = "4GB"
     online_store: Literal["database", "redis"] = "database"
 
     @property

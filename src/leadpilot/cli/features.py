@@ -58,6 +58,7 @@ def _store(dictionary_path: Path | None, engine_name: str | None = None) -> Feat
             _dictionary(dictionary_path),
             engine=engine_name or cfg.feature_engine,
             retention_days=cfg.feature_retention_days,
+            memory_limit=cfg.feature_memory_limit,
         )
     except (EngineUnavailable, FeatureStoreError) as exc:
         fail(str(exc))

@@ -151,10 +151,15 @@ class FeatureStore:
         *,
         engine: ComputeEngine | str = "duckdb",
         retention_days: int = DEFAULT_RETENTION_DAYS,
+        memory_limit: str | None = None,
     ) -> None:
         self.root = Path(root)
         self.dictionary = dictionary
-        self.engine = get_engine(engine) if isinstance(engine, str) else engine
+        self.engine = (
+            get_engine(engine, memory_limit=memory_limit, temp_directory=str(self.root / "spill"))
+            if isinstance(engine, str)
+            else engine
+        )
         self.retention_days = retention_days
         self.lake = EventLake(self.root / "lake")
         self.tiles_dir = self.root / "tiles"

@@ -38,12 +38,25 @@ class DuckDBEngine(ComputeEngine):
 
     name = "duckdb"
 
-    def __init__(self, *, threads: int | None = None, memory_limit: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        threads: int | None = None,
+        memory_limit: str | None = "4GB",
+        temp_directory: str | None = None,
+        days_per_pass: int = 21,
+    ) -> None:
         self.threads = threads
         self.memory_limit = memory_limit
+        self.temp_directory = temp_directory
+        self.days_per_pass = days_per_pass
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
-        return connect(threads=self.threads, memory_limit=self.memory_limit)
+        con = connect(threads=self.threads, memory_limit=self.memory_limit)
+        con.execute("SET preserve_insertion_order = false")
+        if self.temp_directory:
+            con.execute(f"SET temp_directory = {_quote(self.temp_directory)}")
+        return con
 
     def write_tiles(
         self,
@@ -56,17 +69,25 @@ class DuckDBEngine(ComputeEngine):
     ) -> None:
         if not event_files or days == []:
             return
-        rows = sql.event_rows_sql(event_files, leads_file, days)
         with self._connect() as con:
-            for kind, distinct in (("tiles", False), ("distinct", True)):
-                query = sql.tiles_sql(dictionary, rows, distinct=distinct)
-                if query is None:
-                    continue
-                target = staging / kind
-                con.execute(
-                    f"COPY ({query}) TO {_quote(str(target))} "
-                    "(FORMAT parquet, PARTITION_BY (day), COMPRESSION zstd, OVERWRITE_OR_IGNORE)"
-                )
+            if days is None:
+                files = ", ".join(map(_quote, event_files))
+                found = con.execute(
+                    f"SELECT DISTINCT CAST(occurred_at AS DATE) FROM read_parquet([{files}])"
+                ).fetchall()
+                days = sorted(r[0] for r in found if r[0] is not None)
+            # A pass per few weeks of days: the aggregation's hash table and the open partition writers
+            # then hold a few weeks of events, not the whole history (memory stays flat as data grows).
+            for start in range(0, len(days), self.days_per_pass):
+                rows = sql.event_rows_sql(event_files, leads_file, days[start : start + self.days_per_pass])
+                for kind, distinct in (("tiles", False), ("distinct", True)):
+                    query = sql.tiles_sql(dictionary, rows, distinct=distinct)
+                    if query is None:
+                        continue
+                    con.execute(
+                        f"COPY ({query}) TO {_quote(str(staging / kind))} "
+                        "(FORMAT parquet, PARTITION_BY (day), COMPRESSION zstd, OVERWRITE_OR_IGNORE)"
+                    )
 
     def window_values(
         self,
