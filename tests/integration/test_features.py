@@ -425,3 +425,17 @@ def test_online_features_at_t_equal_an_offline_recompute_at_t(
     if dimension is not Dimension.SALESPERSON:  # the new lead has features only through fusion
         fresh = keys.index((new_id, ids["users"][1] if dimension is Dimension.LEAD_SALESPERSON else 0))
         assert got.matrix.getrow(fresh).nnz > 0
+
+
+def test_a_fold_in_entity_slices_equals_one_in_a_piece(sqlite_engine: Engine, tmp_path: Path) -> None:
+    seed_crm(sqlite_engine)
+    whole = _store(tmp_path, "whole")
+    sliced = FeatureStore(tmp_path / "sliced", load_default(), tile_rows_per_slice=400)
+    for store in (whole, sliced):
+        store.lake.sync(sqlite_engine)
+        store.update_tiles()
+    assert sliced.slices_for(_days(30, 0)[0]) > 3
+    for offset in (30, 10, 31):  # out of order too: every fold is a full one
+        day = _days(offset, 0)[0]
+        assert whole.fold_day(day, incremental=False) == sliced.fold_day(day, incremental=False)
+    assert _history_rows(whole) == _history_rows(sliced)

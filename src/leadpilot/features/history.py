@@ -10,6 +10,7 @@ had is kept after it.  Absent means zero (the matrices are sparse).
 from __future__ import annotations
 
 from datetime import date
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -26,6 +27,13 @@ CREATE TABLE IF NOT EXISTS runs (
 """
 
 
+def _one(con: duckdb.DuckDBPyConnection, query: str, params: list[object] | None = None) -> tuple[Any, ...] | None:
+    """The first row of a query, with the result read to the end (DuckDB refuses new work on the
+    connection while a result is only partly fetched)."""
+    rows = con.execute(query, params or []).fetchall()
+    return rows[0] if rows else None
+
+
 def apply_snapshot(
     con: duckdb.DuckDBPyConnection,
     snapshot: pa.Table,
@@ -34,21 +42,25 @@ def apply_snapshot(
     *,
     groups: pa.Table | None = None,
     always: list[int] | None = None,
+    partition: tuple[int, int] | None = None,
 ) -> int:
     """Fold one day's snapshot (for ``dims``) into the history; returns the number of keys that changed.
 
     The snapshot is complete, or (``groups`` given) complete for those (dim, k1, k2, base_id, bucket) groups
-    plus every feature of the base ids in ``always``: history rows outside them are left alone.
+    plus every feature of the base ids in ``always``: history rows outside them are left alone. With
+    ``partition`` (p, n) the snapshot covers only entities with ``k1 mod n = p``, and so does the comparison.
     Runs inside the caller's transaction: a failure leaves the history as it was.
     """
     con.register("snap_in", snapshot)
     d = f"DATE '{day.isoformat()}'"
     dim_list = ", ".join(str(x) for x in dims)
-    nxt = con.execute("SELECT min(day) FROM runs WHERE day > ?", [day]).fetchone()
+    nxt = _one(con, "SELECT min(day) FROM runs WHERE day > ?", [day])
     next_day = nxt[0] if nxt else None
     nd = f"DATE '{next_day.isoformat()}'" if next_day else "NULL"
     con.execute("CREATE OR REPLACE TEMP TABLE snap AS SELECT * FROM snap_in")
     covering = f"h.dim IN ({dim_list}) AND h.valid_from <= {d} AND (h.valid_to IS NULL OR h.valid_to > {d})"
+    if partition is not None:
+        covering += f" AND h.k1 % {int(partition[1])} = {int(partition[0])}"
     if groups is None:
         con.execute(f"CREATE OR REPLACE TEMP TABLE cur AS SELECT h.* FROM history h WHERE {covering}")
     else:
@@ -74,7 +86,7 @@ def apply_snapshot(
         "FROM snap s FULL OUTER JOIN cur c ON s.dim = c.dim AND s.k1 = c.k1 AND s.k2 = c.k2 "
         "AND s.feature_id = c.feature_id WHERE s.value IS DISTINCT FROM c.value"
     )
-    found = con.execute("SELECT count(*) FROM changed").fetchone()
+    found = _one(con, "SELECT count(*) FROM changed")
     n_changed = int(found[0]) if found else 0
     if not n_changed:
         return 0
@@ -113,7 +125,7 @@ def _coalesce(con: duckdb.DuckDBPyConnection) -> None:
         f"{same_row}) t WINDOW w AS (PARTITION BY dim, k1, k2, feature_id ORDER BY valid_from))) "
         "GROUP BY dim, k1, k2, feature_id, value, island"
     )
-    merged = con.execute("SELECT count(*) FROM islands WHERE n > 1").fetchone()
+    merged = _one(con, "SELECT count(*) FROM islands WHERE n > 1")
     if not merged or not merged[0]:
         return
     con.execute(f"DELETE FROM history h USING touched_keys c WHERE {same_row}")
@@ -123,7 +135,7 @@ def _coalesce(con: duckdb.DuckDBPyConnection) -> None:
 def prune(con: duckdb.DuckDBPyConnection, cutoff: date) -> int:
     """Drop what ended before ``cutoff`` and clip what spans it; returns the rows removed."""
     c = f"DATE '{cutoff.isoformat()}'"
-    found = con.execute(f"SELECT count(*) FROM history WHERE valid_to IS NOT NULL AND valid_to <= {c}").fetchone()
+    found = _one(con, f"SELECT count(*) FROM history WHERE valid_to IS NOT NULL AND valid_to <= {c}")
     removed = int(found[0]) if found else 0
     con.execute(f"DELETE FROM history WHERE valid_to IS NOT NULL AND valid_to <= {c}")
     con.execute(f"UPDATE history SET valid_from = {c} WHERE valid_from < {c}")

@@ -244,8 +244,11 @@ def distinct_values_sql(dictionary: FeatureDictionary, distinct_source: str, day
     )
 
 
-def table_values_sql(dictionary: FeatureDictionary, table_files: dict[str, str], day: date) -> list[str]:
+def table_values_sql(
+    dictionary: FeatureDictionary, table_files: dict[str, str], day: date, *, partition: tuple[int, int] | None = None
+) -> list[str]:
     """Long rows of table-sourced features: rows created by the end of ``day``, current column values."""
+    slice_ = f" AND id % {int(partition[1])} = {int(partition[0])}" if partition else ""
     end = f"TIMESTAMP '{(day + timedelta(days=1)).isoformat()} 00:00:00'"
     out = []
     for base in dictionary.base_features:
@@ -259,7 +262,7 @@ def table_values_sql(dictionary: FeatureDictionary, table_files: dict[str, str],
         out.append(
             f"SELECT CAST({dim} AS TINYINT) AS dim, CAST(id AS BIGINT) AS k1, CAST(0 AS BIGINT) AS k2, "
             f"CAST({fid} AS INTEGER) AS feature_id, v AS value FROM (SELECT id, {value} AS v FROM "
-            f"read_parquet({_quote(table_files[source.table])}) WHERE created_at < {end}) t "
+            f"read_parquet({_quote(table_files[source.table])}) WHERE created_at < {end}{slice_}) t "
             "WHERE v IS NOT NULL AND v <> 0"
         )
     return out

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from scipy import sparse
 from sqlalchemy import Engine
 
@@ -152,8 +153,10 @@ class FeatureStore:
         engine: ComputeEngine | str = "duckdb",
         retention_days: int = DEFAULT_RETENTION_DAYS,
         memory_limit: str | None = None,
+        tile_rows_per_slice: int = 8_000_000,
     ) -> None:
         self.root = Path(root)
+        self.tile_rows_per_slice = tile_rows_per_slice
         self.dictionary = dictionary
         self.engine = (
             get_engine(engine, memory_limit=memory_limit, temp_directory=str(self.root / "spill"))
@@ -274,7 +277,9 @@ class FeatureStore:
         """Every non-zero derived value as of the end of ``day``, computed from the tiles (DAYS_SINCE in days)."""
         return present(self._raw_values(day), day, self.dictionary)
 
-    def _raw_values(self, day: date, groups: pa.Table | None = None) -> pa.Table:
+    def _raw_values(
+        self, day: date, groups: pa.Table | None = None, partition: tuple[int, int] | None = None
+    ) -> pa.Table:
         first = earliest_tile_day(self.dictionary, day)
         return self.engine.window_values(
             self.dictionary,
@@ -283,6 +288,7 @@ class FeatureStore:
             table_files={t: str(self.lake.dimension_path(t)) for t in ("leads", "accounts", "users")},
             day=day,
             groups=groups,
+            partition=partition,
         )
 
     def snapshot(self, day: date, dimension: Dimension) -> FeatureMatrix:
@@ -405,18 +411,26 @@ class FeatureStore:
         """
         previous = self._incremental_base(day) if incremental else None
         groups = self._affected_groups(previous, day) if previous is not None else None
-        table = self._raw_values(day, groups=groups)
+        slices = self.slices_for(day) if groups is None else 1
         dims = sorted(DIMENSION_CODES.values())
         table_bases = [b.id for b in self.dictionary.base_features if isinstance(b.source, TableSource)]
+        written = changed = 0
         with self._connect() as con:
             con.execute("BEGIN TRANSACTION")
             try:
-                changed = history.apply_snapshot(con, table, day, dims, groups=groups, always=table_bases)
+                # Entity slices (k1 mod n) keep the windows' working set bounded on a large full fold.
+                for p in range(slices):
+                    part = (p, slices) if slices > 1 else None
+                    table = self._raw_values(day, groups=groups, partition=part)
+                    changed += history.apply_snapshot(
+                        con, table, day, dims, groups=groups, always=table_bases, partition=part
+                    )
+                    written += table.num_rows
                 con.execute(
                     "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?)",
-                    [day, sum(1 << d for d in dims), datetime.now(UTC).replace(tzinfo=None), table.num_rows, changed],
+                    [day, sum(1 << d for d in dims), datetime.now(UTC).replace(tzinfo=None), written, changed],
                 )
-                newest = con.execute("SELECT max(day) FROM runs").fetchone()
+                newest = con.execute("SELECT max(day) FROM runs").fetchall()[0]
                 if newest and newest[0] == day:
                     # Every re-tiled day is now reflected in the newest run.
                     con.execute("DELETE FROM meta WHERE key = 'oldest_retiled_day'")
@@ -424,7 +438,13 @@ class FeatureStore:
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
-        return table.num_rows, changed
+        return written, changed
+
+    def slices_for(self, day: date) -> int:
+        """How many entity slices a full fold of ``day`` takes: one per ``tile_rows_per_slice`` tile rows."""
+        first = earliest_tile_day(self.dictionary, day)
+        rows = sum(pq.read_metadata(f).num_rows for f in self._tile_files(self.tiles_dir, first, day))
+        return max(1, -(-rows // self.tile_rows_per_slice))
 
     def prune(self, latest: date) -> int:
         """Drop history and tiles older than the retention period before ``latest``."""

@@ -47,11 +47,13 @@ class ComputeEngine(ABC):
         table_files: dict[str, str],
         day: date,
         groups: pa.Table | None = None,
+        partition: tuple[int, int] | None = None,
     ) -> pa.Table:
         """Every derived feature's non-zero value as of the end of ``day`` (``VALUES_SCHEMA``).
 
         DAYS_SINCE features carry their anchor, the last event's time in epoch seconds (see ``store``).
         ``groups`` (dim, k1, k2, base_id, bucket) or entities (dim, k1, k2), when given, limits the windowed
         features to them (the daily incremental fold, real-time fusion); table-sourced features are always
-        computed in full.
+        computed in full. ``partition`` (p, n) keeps only entities with ``k1 mod n = p`` (for every kind of
+        feature), so a large day can be folded in n slices of bounded memory.
         """

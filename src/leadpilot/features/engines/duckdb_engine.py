@@ -98,6 +98,7 @@ class DuckDBEngine(ComputeEngine):
         table_files: dict[str, str],
         day: date,
         groups: pa.Table | None = None,
+        partition: tuple[int, int] | None = None,
     ) -> pa.Table:
         parts: list[pa.Table] = []
         queries: list[str] = []
@@ -106,19 +107,23 @@ class DuckDBEngine(ComputeEngine):
                 con.register("affected", groups)
             if tile_files:
                 source = _restricted(
-                    f"read_parquet([{', '.join(map(_quote, tile_files))}], hive_partitioning = true)", groups
+                    f"read_parquet([{', '.join(map(_quote, tile_files))}], hive_partitioning = true)",
+                    groups,
+                    partition,
                 )
                 plan = sql.window_plan(dictionary, source, day)
                 if plan is not None:
                     parts.append(unpivot(con.sql(plan.sql).to_arrow_table(), plan))
             if distinct_files:
                 source = _restricted(
-                    f"read_parquet([{', '.join(map(_quote, distinct_files))}], hive_partitioning = true)", groups
+                    f"read_parquet([{', '.join(map(_quote, distinct_files))}], hive_partitioning = true)",
+                    groups,
+                    partition,
                 )
                 query = sql.distinct_values_sql(dictionary, source, day)
                 if query:
                     queries.append(query)
-            queries += sql.table_values_sql(dictionary, table_files, day)
+            queries += sql.table_values_sql(dictionary, table_files, day, partition=partition)
             if queries:
                 wanted = pa.table({"feature_id": pa.array([d.id for d in dictionary.derived], pa.int32())})
                 con.register("wanted", wanted)
@@ -134,8 +139,11 @@ class DuckDBEngine(ComputeEngine):
         return sort_values(pa.concat_tables([p.cast(VALUES_SCHEMA) for p in parts]))
 
 
-def _restricted(source: str, groups: pa.Table | None) -> str:
-    """Tiles of ``source``, only of the registered ``affected`` groups (or entities: dim, k1, k2) when given."""
+def _restricted(source: str, groups: pa.Table | None, partition: tuple[int, int] | None = None) -> str:
+    """Tiles of ``source``, only of the registered ``affected`` groups (or entities: dim, k1, k2) and of one
+    entity slice (``k1 mod n = p``) when given."""
+    if partition is not None:
+        source = f"(SELECT * FROM {source} WHERE k1 % {int(partition[1])} = {int(partition[0])})"
     if groups is None:
         return source
     on = " AND ".join(f"t.{c} = a.{c}" for c in ("dim", "k1", "k2", "base_id", "bucket") if c in groups.column_names)

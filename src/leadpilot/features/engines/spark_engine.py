@@ -194,16 +194,18 @@ class SparkEngine(ComputeEngine):
         table_files: dict[str, str],
         day: date,
         groups: pa.Table | None = None,
+        partition: tuple[int, int] | None = None,
     ) -> pa.Table:
         spark = self.spark
         parts: list[pa.Table] = []
         sources: dict[str, DataFrame] = {}
         affected = self._groups_frame(groups) if groups is not None else None
+        where = f"pmod(k1, {int(partition[1])}) = {int(partition[0])}" if partition else "TRUE"
         if tile_files:
-            sources["tiles"] = _restricted(self._read_tiles(tile_files), affected)
+            sources["tiles"] = _restricted(self._read_tiles(tile_files).where(where), affected)
         if distinct_files:
-            sources["distinct"] = _restricted(self._read_tiles(distinct_files), affected)
-        tables = {t: spark.read.parquet(f) for t, f in table_files.items()}
+            sources["distinct"] = _restricted(self._read_tiles(distinct_files).where(where), affected)
+        tables = {t: spark.read.parquet(f).where(where.replace("k1", "id")) for t, f in table_files.items()}
         with _views(spark, **sources, **tables) as names:
             if "tiles" in names:
                 plan = sql.window_plan(dictionary, names["tiles"], day)  # its groups and windows; the SQL is ours
