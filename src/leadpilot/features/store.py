@@ -157,6 +157,7 @@ class FeatureStore:
     ) -> None:
         self.root = Path(root)
         self.tile_rows_per_slice = tile_rows_per_slice
+        self.memory_limit = memory_limit or "4GB"
         self.dictionary = dictionary
         self.engine = (
             get_engine(engine, memory_limit=memory_limit, temp_directory=str(self.root / "spill"))
@@ -173,7 +174,12 @@ class FeatureStore:
 
     # -- database -------------------------------------------------------------------------------------
     def _connect(self) -> Any:
-        return connect(str(self.db_path))
+        # The history's own connection gets the same cap as the engine: a full fold's transaction then
+        # spills to the temp folder instead of growing in memory.
+        con = connect(str(self.db_path), memory_limit=self.memory_limit)
+        spill = (self.root / "spill").as_posix().replace("'", "''")
+        con.execute(f"SET temp_directory = '{spill}'")
+        return con
 
     def _init_db(self) -> None:
         with self._connect() as con:
