@@ -179,13 +179,13 @@ class EventLake:
         )
         if not in_db.size:
             return []
-        seen = self._copied_ids_above(low)
+        seen = self._copied_ids_above(manifest, low)
         missing = np.setdiff1d(in_db, seen, assume_unique=True)
         return [int(i) for i in missing if int(i) not in rejected]
 
-    def _copied_ids_above(self, low: int) -> np.ndarray:
+    def _copied_ids_above(self, manifest: dict[str, Any], low: int) -> np.ndarray:
         chunks = []
-        for name in self.manifest()["parts"]:
+        for name in manifest["parts"]:
             last = int(name.split("-")[2].split(".")[0])
             if last > low:
                 ids = pq.read_table(self.events_dir / name, columns=["id"]).column("id").to_numpy()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, timedelta
+from pathlib import Path
 
 from leadpilot.expressions import Dialect
 from leadpilot.features.dictionary import (
@@ -49,12 +50,14 @@ EVENT_COLUMNS = {
 _FEATURE_ID = "CAST(base_id AS INTEGER) * 10000 + CAST(bucket AS INTEGER) * 100"
 
 
-def _quote(value: str) -> str:
+def quote(value: str) -> str:
+    """A DuckDB string literal."""
     return "'" + value.replace("'", "''") + "'"
 
 
-def _files(paths: list[str]) -> str:
-    return "[" + ", ".join(_quote(p) for p in paths) + "]"
+def file_list(paths: list[str] | list[Path]) -> str:
+    """A DuckDB list of file-name literals, for ``read_parquet``."""
+    return "[" + ", ".join(quote(str(p)) for p in paths) + "]"
 
 
 def event_rows_sql(event_files: list[str], leads_file: str, days: list[date] | None) -> str:
@@ -73,8 +76,8 @@ def event_rows_sql(event_files: list[str], leads_file: str, days: list[date] | N
     return (
         "SELECT e.id, e.type, e.lead_id, e.actor_id, e.occurred_at, e.payload, "
         "CAST(e.occurred_at AS DATE) AS day, l.product_line, l.region, l.source AS lead_source, l.account_id "
-        f"FROM read_parquet({_files(event_files)}) e "
-        f"LEFT JOIN read_parquet({_quote(leads_file)}) l ON l.id = e.lead_id "
+        f"FROM read_parquet({file_list(event_files)}) e "
+        f"LEFT JOIN read_parquet({quote(leads_file)}) l ON l.id = e.lead_id "
         f"{where}"
     )
 
@@ -83,7 +86,7 @@ def _bucket_case(dictionary: FeatureDictionary) -> str:
     names = dictionary.bucket_names()
     if not names:
         return "CAST(NULL AS INTEGER)"
-    whens = " ".join(f"WHEN {_quote(n)} THEN {c}" for n, c in names.items())
+    whens = " ".join(f"WHEN {quote(n)} THEN {c}" for n, c in names.items())
     return f"CASE product_line {whens} END"
 
 
@@ -97,7 +100,7 @@ def _event_entries(dictionary: FeatureDictionary, dialect: Dialect, *, distinct:
         if distinct and (source.distinct is None or Function.DISTINCT_COUNT not in base.functions):
             continue
         k1, k2 = _KEYS[base.dimension]
-        conditions = [f"type IN ({', '.join(_quote(t) for t in source.events)})", f"{k1} IS NOT NULL"]
+        conditions = [f"type IN ({', '.join(quote(t) for t in source.events)})", f"{k1} IS NOT NULL"]
         if k2:
             conditions.append(f"{k2} IS NOT NULL")
         if source.filter is not None:
@@ -127,7 +130,7 @@ def tiles_sql(dictionary: FeatureDictionary, rows_sql: str, *, distinct: bool = 
     matched = (
         f"SELECT day, occurred_at, id, {_bucket_case(dictionary)} AS pl_code, "
         f"UNNEST(list_filter([{', '.join(entries)}], lambda x: x IS NOT NULL)) AS m "
-        f"FROM ({rows_sql}) ev WHERE type IN ({', '.join(_quote(t) for t in types)})"
+        f"FROM ({rows_sql}) ev WHERE type IN ({', '.join(quote(t) for t in types)})"
     )
     expanded = (
         "SELECT m.dim AS dim, m.k1 AS k1, m.k2 AS k2, m.base_id AS base_id, "
@@ -262,7 +265,7 @@ def table_values_sql(
         out.append(
             f"SELECT CAST({dim} AS TINYINT) AS dim, CAST(id AS BIGINT) AS k1, CAST(0 AS BIGINT) AS k2, "
             f"CAST({fid} AS INTEGER) AS feature_id, v AS value FROM (SELECT id, {value} AS v FROM "
-            f"read_parquet({_quote(table_files[source.table])}) WHERE created_at < {end}{slice_}) t "
+            f"read_parquet({quote(table_files[source.table])}) WHERE created_at < {end}{slice_}) t "
             "WHERE v IS NOT NULL AND v <> 0"
         )
     return out

@@ -29,7 +29,7 @@ from leadpilot.features.dictionary import WINDOWS, Dimension, FeatureDictionary,
 from leadpilot.features.engines import ComputeEngine, get_engine
 from leadpilot.features.engines.duckdb_engine import connect
 from leadpilot.features.lake import EventLake, SyncReport
-from leadpilot.features.sql import DIMENSION_CODES, earliest_tile_day
+from leadpilot.features.sql import DIMENSION_CODES, earliest_tile_day, file_list, quote
 
 STORE_SCHEMA_VERSION = 1
 DEFAULT_RETENTION_DAYS = 548
@@ -177,8 +177,7 @@ class FeatureStore:
         # The history's own connection gets the same cap as the engine: a full fold's transaction then
         # spills to the temp folder instead of growing in memory.
         con = connect(str(self.db_path), memory_limit=self.memory_limit)
-        spill = (self.root / "spill").as_posix().replace("'", "''")
-        con.execute(f"SET temp_directory = '{spill}'")
+        con.execute(f"SET temp_directory = {quote((self.root / 'spill').as_posix())}")
         return con
 
     def _init_db(self) -> None:
@@ -230,11 +229,11 @@ class FeatureStore:
         days: list[date] | None = None
         if not first_build:
             with connect() as con:
-                files = ", ".join("'" + str(self.lake.events_dir / p).replace("'", "''") + "'" for p in new_parts)
+                files = file_list([self.lake.events_dir / p for p in new_parts])
                 days = sorted(
                     r[0]
                     for r in con.execute(
-                        f"SELECT DISTINCT CAST(occurred_at AS DATE) FROM read_parquet([{files}])"
+                        f"SELECT DISTINCT CAST(occurred_at AS DATE) FROM read_parquet({files})"
                     ).fetchall()
                 )
         if progress:
@@ -311,8 +310,7 @@ class FeatureStore:
         if not files:
             return None
         with connect() as con:
-            names = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
-            found = con.execute(f"SELECT max(occurred_at) FROM read_parquet([{names}])").fetchone()
+            found = con.execute(f"SELECT max(occurred_at) FROM read_parquet({file_list(files)})").fetchone()
         return found[0].date() if found and found[0] else None
 
     def compute(
@@ -401,12 +399,11 @@ class FeatureStore:
                     "bucket": pa.array([], pa.int8()),
                 }
             )
-        names = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
         with connect() as con:
             return con.sql(
                 "SELECT DISTINCT CAST(dim AS TINYINT) AS dim, CAST(k1 AS BIGINT) AS k1, CAST(k2 AS BIGINT) AS k2, "
                 "CAST(base_id AS INTEGER) AS base_id, CAST(bucket AS TINYINT) AS bucket "
-                f"FROM read_parquet([{names}], union_by_name = true)"
+                f"FROM read_parquet({file_list(files)}, union_by_name = true)"
             ).to_arrow_table()
 
     def fold_day(self, day: date, *, incremental: bool = True) -> tuple[int, int]:

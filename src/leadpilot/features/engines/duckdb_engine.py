@@ -29,10 +29,6 @@ def connect(
     return duckdb.connect(database, config=config)
 
 
-def _quote(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 class DuckDBEngine(ComputeEngine):
     """Tiles and windows as DuckDB SQL (one pass over the events per tile build)."""
 
@@ -55,7 +51,7 @@ class DuckDBEngine(ComputeEngine):
         con = connect(threads=self.threads, memory_limit=self.memory_limit)
         con.execute("SET preserve_insertion_order = false")
         if self.temp_directory:
-            con.execute(f"SET temp_directory = {_quote(self.temp_directory)}")
+            con.execute(f"SET temp_directory = {sql.quote(self.temp_directory)}")
         return con
 
     def write_tiles(
@@ -71,9 +67,8 @@ class DuckDBEngine(ComputeEngine):
             return
         with self._connect() as con:
             if days is None:
-                files = ", ".join(map(_quote, event_files))
                 found = con.execute(
-                    f"SELECT DISTINCT CAST(occurred_at AS DATE) FROM read_parquet([{files}])"
+                    f"SELECT DISTINCT CAST(occurred_at AS DATE) FROM read_parquet({sql.file_list(event_files)})"
                 ).fetchall()
                 days = sorted(r[0] for r in found if r[0] is not None)
             # A pass per few weeks of days: the aggregation's hash table and the open partition writers
@@ -85,7 +80,7 @@ class DuckDBEngine(ComputeEngine):
                     if query is None:
                         continue
                     con.execute(
-                        f"COPY ({query}) TO {_quote(str(staging / kind))} "
+                        f"COPY ({query}) TO {sql.quote(str(staging / kind))} "
                         "(FORMAT parquet, PARTITION_BY (day), COMPRESSION zstd, OVERWRITE_OR_IGNORE)"
                     )
 
@@ -106,20 +101,12 @@ class DuckDBEngine(ComputeEngine):
             if groups is not None:
                 con.register("affected", groups)
             if tile_files:
-                source = _restricted(
-                    f"read_parquet([{', '.join(map(_quote, tile_files))}], hive_partitioning = true)",
-                    groups,
-                    partition,
-                )
+                source = _restricted(_tile_source(tile_files), groups, partition)
                 plan = sql.window_plan(dictionary, source, day)
                 if plan is not None:
                     parts.append(unpivot(con.sql(plan.sql).to_arrow_table(), plan))
             if distinct_files:
-                source = _restricted(
-                    f"read_parquet([{', '.join(map(_quote, distinct_files))}], hive_partitioning = true)",
-                    groups,
-                    partition,
-                )
+                source = _restricted(_tile_source(distinct_files), groups, partition)
                 query = sql.distinct_values_sql(dictionary, source, day)
                 if query:
                     queries.append(query)
@@ -137,6 +124,11 @@ class DuckDBEngine(ComputeEngine):
         if not parts:
             return VALUES_SCHEMA.empty_table()
         return sort_values(pa.concat_tables([p.cast(VALUES_SCHEMA) for p in parts]))
+
+
+def _tile_source(files: list[str]) -> str:
+    """Tile files with their ``day`` read from the ``day=YYYY-MM-DD`` folders."""
+    return f"read_parquet({sql.file_list(files)}, hive_partitioning = true)"
 
 
 def _restricted(source: str, groups: pa.Table | None, partition: tuple[int, int] | None = None) -> str:
