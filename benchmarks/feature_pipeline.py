@@ -65,6 +65,11 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages (the cores are shared: a figure means little without them)."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
 def crm_database(args: argparse.Namespace, scratch: Path) -> Path:
     """The simulated SQLite CRM: given, kept from an earlier run, or generated now."""
     if args.db:
@@ -106,6 +111,7 @@ def phase_full(crm: Any, root: Path) -> tuple[dict[str, Any], FeatureStore, date
         "lake_bytes": sum(p.stat().st_size for p in store.lake.events_dir.glob("*.parquet")),
         "tile_bytes": sum(p.stat().st_size for p in store.tiles_dir.rglob("*.parquet")),
     }
+    result["load_average"] = load_average()
     result["time_to_target"] = round(result["seconds"] / TARGETS["full_compute_seconds"], 3)
     result["memory_to_target"] = round(result["peak_rss_bytes"] / TARGETS["full_compute_peak_bytes"], 3)
     return result, store, day
@@ -152,6 +158,7 @@ def phase_pandas(source: FeatureStore, scratch: Path, events: int) -> dict[str, 
         "pandas_seconds": round(pandas_seconds, 2),
         "speedup": round(pandas_seconds / engine_seconds, 1),
         "identical_output": same,
+        "load_average": load_average(),
         "target_speedup": TARGETS["duckdb_speedup_over_pandas"],
     }
 
@@ -359,7 +366,12 @@ def main() -> None:
     args = parser.parse_args()
     scratch = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="lp-featbench-"))
     scratch.mkdir(parents=True, exist_ok=True)
-    result: dict[str, Any] = {"benchmark": "feature_pipeline", "machine": machine_info(), "targets": TARGETS}
+    result: dict[str, Any] = {
+        "benchmark": "feature_pipeline",
+        "machine": machine_info(),
+        "targets": TARGETS,
+        "load_average_at_start": load_average(),
+    }
     try:
         db = crm_database(args, scratch)
         crm = make_engine(f"sqlite:///{db}")
@@ -400,7 +412,7 @@ def main() -> None:
             first = day - timedelta(days=args.zipper_days - 1) if "zipper" not in args.skip else day
             result["pit"] = phase_pit(zipper, first, day, args.pit_rows)
             log(json.dumps(result["pit"]))
-        result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        result["load_average_at_end"] = load_average()
     finally:
         if not args.work_dir:
             shutil.rmtree(scratch, ignore_errors=True)

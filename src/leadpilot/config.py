@@ -6,10 +6,13 @@ import os
 import secrets
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from leadpilot.crm.leads import ClaimPolicy
 
 # Values that must never be used as a signing key in production.
 PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "changethis", "dev", "test", "password"})
@@ -50,6 +53,17 @@ class Settings(BaseSettings):
     feature_retention_days: int = Field(default=548, ge=1)
     feature_memory_limit: str = "4GB"
     online_store: Literal["database", "redis"] = "database"
+    # Claim pool: claims per salesperson per UTC day (0: no limit), a previous owner's wait before reclaiming,
+    # and after how many days without work an owned lead goes back to the pool.
+    claim_daily_limit: int = Field(default=30, ge=0)
+    claim_cooldown_hours: float = Field(default=72.0, ge=0)
+    recycle_after_days: float = Field(default=7.0, gt=0)
+
+    def claim_policy(self) -> ClaimPolicy:
+        """The claim pool's limits for ``crm.leads.claim_lead``."""
+        from leadpilot.crm.leads import ClaimPolicy
+
+        return ClaimPolicy(daily_limit=self.claim_daily_limit or None, cooldown_hours=self.claim_cooldown_hours)
 
     @property
     def feature_dir(self) -> Path:

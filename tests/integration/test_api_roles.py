@@ -267,6 +267,8 @@ def env(backend: Env) -> Env:
 # --- the matrix ---------------------------------------------------------------------------------------
 
 _REF = re.compile(r"\{(lead|user|team|account|contact|task|event):(\w+)\}")
+# A path parameter given literally: ``{name=transfer}`` is ``{name}`` in the schema and ``transfer`` in the URL.
+_LITERAL = re.compile(r"\{(\w+)=([\w.]+)\}")
 
 
 @dataclass(frozen=True)
@@ -284,18 +286,19 @@ class Row:
     form: bool = False  # send ``body`` form-encoded without a token (the login route)
     isolated: bool = False  # restore the world before a role when the previous role wrote
     label: str = ""
+    query: dict[str, Any] | None = None  # query-string parameters
 
     @property
     def template(self) -> str:
         """The route's path in the OpenAPI schema (``/api/v1/leads/{lead_id}``)."""
-        return _REF.sub(lambda m: "{" + m.group(1) + "_id}", self.path)
+        return _LITERAL.sub(lambda m: "{" + m.group(1) + "}", _REF.sub(lambda m: "{" + m.group(1) + "_id}", self.path))
 
     @property
     def id(self) -> str:
         return f"{self.method} {self.path.removeprefix(API)}" + (f" [{self.label}]" if self.label else "")
 
     def url(self, world: World) -> str:
-        return _REF.sub(lambda m: str(world.ref(m.group(1), m.group(2))), self.path)
+        return _LITERAL.sub(lambda m: m.group(2), _REF.sub(lambda m: str(world.ref(m.group(1), m.group(2))), self.path))
 
     def payload(self, world: World, role: str) -> dict[str, Any] | None:
         def resolve(value: Any) -> Any:
@@ -507,6 +510,35 @@ MATRIX: list[Row] = [
     R("GET",    "/events/{event:wendy}",            NOAUTH, HIDDEN, HIDDEN, HIDDEN, OK,     OK),
     R("GET",    "/events/{event:new}",              NOAUTH, OK,     HIDDEN, HIDDEN, HIDDEN, OK),
 
+    # --- scoring: a lead's score as its lead; registry and rules for supervisors and admins (promote and
+    # roll back: admins); the review queue for reviewers (screeners, supervisors, admins) ---
+    R("GET",    "/leads/{lead:alice}/score",        NOAUTH, HIDDEN, OK,     OK,     OK,     OK),
+    R("GET",    "/leads/{lead:new}/score",          NOAUTH, OK,     HIDDEN, HIDDEN, HIDDEN, OK),
+    R("GET",    "/scoring/models",                  NOAUTH, DENIED, DENIED, OK,     OK,     OK),
+    R("POST",   "/scoring/models/{name=transfer}/{version=1}/promote",
+                                                    NOAUTH, DENIED, DENIED, DENIED, DENIED, HIDDEN),
+    R("POST",   "/scoring/models/{name=transfer}/rollback",
+                                                    NOAUTH, DENIED, DENIED, DENIED, DENIED, HIDDEN),
+    R("GET",    "/scoring/rules",                   NOAUTH, DENIED, DENIED, OK,     OK,     OK),
+    R("POST",   "/scoring/rules",                   NOAUTH, DENIED, DENIED, CREATED, CREATED, CREATED,
+      {"name": "big by {role}", "text": "budget > 500000 -> priority: high, review"}),
+    R("POST",   "/scoring/rules",                   NOAUTH, DENIED, DENIED, BAD,    BAD,    BAD,
+      {"name": "typo", "text": "budgt > 5 -> priority: high"}, label="unknown field"),
+    R("POST",   "/scoring/rules/run",               NOAUTH, DENIED, DENIED, OK,     OK,     OK),
+    R("GET",    "/scoring/review",                  NOAUTH, OK,     DENIED, OK,     OK,     OK),
+    R("POST",   "/scoring/review/{item_id=999999}/approve",
+                                                    NOAUTH, HIDDEN, DENIED, HIDDEN, HIDDEN, HIDDEN, {"note": "ok"}),
+    R("POST",   "/scoring/review/{item_id=999999}/reject",
+                                                    NOAUTH, HIDDEN, DENIED, HIDDEN, HIDDEN, HIDDEN, {}),
+
+    # --- search: every role searches within what it may see ---
+    R("GET",    "/search/leads",                    NOAUTH, OK,     OK,     OK,     OK,     OK,
+      query={"q": "pool"}),
+    R("GET",    "/search/leads",                    NOAUTH, BAD,    BAD,    BAD,    BAD,    BAD,
+      query={"q": "!!"}, label="no words"),
+
+    R("GET",    "/me/recommendations",              NOAUTH, DENIED, OK,     OK,     OK,     DENIED),
+
     # --- audit log: admins only ---
     R("GET",    "/audit",                           NOAUTH, DENIED, DENIED, DENIED, DENIED, OK),
 ]
@@ -519,7 +551,7 @@ def send(env: Env, row: Row, role: str) -> httpx.Response:
     payload = row.payload(env.world, role)
     if row.form:
         return env.client.request(row.method, row.url(env.world), data=payload)
-    return env.client.request(row.method, row.url(env.world), json=payload, headers=env.as_(role))
+    return env.client.request(row.method, row.url(env.world), json=payload, params=row.query, headers=env.as_(role))
 
 
 def openapi_routes(client: TestClient) -> set[tuple[str, str]]:

@@ -94,10 +94,50 @@ def test_demo_simulates_a_company_and_imports_the_sample(cli_env: Path) -> None:
     assert again["logins"] == data["logins"] and again["simulation"] == {}
     assert again["import"]["created"] == 0 and again["import"]["unchanged"] == summary["created"] + 2
     assert data["features"]["values_written"] > 10_000 and data["features"]["derived_features"] >= 1_000
-    assert again["features"]["keys_changed"] == 0 and again["features"]["sync"]["events_copied"] == 0
+    # The second run copies only the events the first run's scoring wrote (2 models registered and promoted,
+    # one score_changed per scored lead); they feed no feature, so nothing changes.
+    scoring_events = 4 + data["scoring"]["rescored"]["changed"]
+    assert again["features"]["keys_changed"] == 0 and again["features"]["sync"]["events_copied"] == scoring_events
     stats = run("events", "stats", "--json")
     assert stats["lead_created"] == data["simulation"]["leads"] + summary["created"]
     assert stats["assign"] > 0 and stats["contract_signed"] > 0
+    # The demo trains and promotes the first scoring models once, and scores the open leads.
+    assert {(m["name"], m["status"]) for m in data["scoring"]["trained"]} == {
+        ("transfer", "champion"),
+        ("convert", "champion"),
+    }
+    assert data["scoring"]["rescored"]["changed"] > 0 and again["scoring"]["trained"] == []
+    versions = run("scoring", "models", "list", "--json")
+    assert {(v["name"], v["version"], v["status"]) for v in versions} == {
+        ("transfer", 1, "champion"),
+        ("convert", 1, "champion"),
+    }
+    assert all(v["metrics"]["auc"] and v["baseline_metrics"]["naive_bayes"]["auc"] for v in versions)
+    rule = run("scoring", "rules", "add", "big", "budget > 100000 and page_views_30d >= 1 -> priority: high", "--json")
+    assert rule["version"] == 1
+    bad = runner.invoke(app, ["scoring", "rules", "add", "typo", "budgt > 1 -> review"])
+    assert bad.exit_code == 1 and "unknown field 'budgt'" in bad.output
+    ran = run("scoring", "rules", "run", "--json")
+    assert ran["leads"] > 0 and "big" in ran["matches"]
+    assert run("scoring", "rescore", "--changed", "--json")["changed"] == 0  # rules wrote no feature events
+    lead_id = _open_owned_lead()
+    explained = run("scoring", "explain", str(lead_id), "--json")
+    assert explained["models"]["convert"]["up"] or explained["models"]["convert"]["down"]
+    nope = runner.invoke(app, ["scoring", "models", "rollback", "convert"])
+    assert nope.exit_code == 1 and "nothing to roll back to" in nope.output
+
+
+def _open_owned_lead() -> int:
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    from leadpilot.cli.common import engine
+    from leadpilot.crm.models import Lead
+
+    with Session(engine()) as session:
+        found = session.scalar(select(Lead.id).where(Lead.stage == "negotiating", Lead.owner_id.is_not(None)).limit(1))
+    assert found is not None
+    return found
 
 
 def test_demo_logins_work_against_the_api(cli_env: Path) -> None:
@@ -121,6 +161,15 @@ def test_demo_logins_work_against_the_api(cli_env: Path) -> None:
         for lead in seen["sales_0001"][1]
     )
     assert all(lead["stage"] in ("new", "screening") for lead in seen["screener_001"][1])
+    # A salesperson sees the score of an own lead with the factors behind it.
+    own = next(lead for lead in seen["sales_0001"][1] if lead["owner_id"] == sales_id and lead["score"] is not None)
+    with TestClient(app_from_env()) as client:
+        token = client.post(
+            "/api/v1/auth/token", data={"username": "sales_0001", "password": data["logins"]["sales_0001"]}
+        ).json()["access_token"]
+        score = client.get(f"/api/v1/leads/{own['id']}/score", headers={"Authorization": f"Bearer {token}"}).json()
+    assert score["stored"]["score"] == own["score"]
+    assert any(m.get("up") or m.get("down") for m in score["models"].values()), score
 
 
 def test_relay_needs_redis_configured(cli_env: Path) -> None:

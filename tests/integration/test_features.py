@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import random
 import uuid
 from collections.abc import Iterator
@@ -10,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import redis
 from sqlalchemy import Engine
@@ -303,6 +306,25 @@ def test_lake_rejects_future_events_and_catches_late_commits(sqlite_engine: Engi
     assert late.late_events_copied == 1 and late.events_copied == 0
     assert len(store.lake.event_files()) == 3
     assert store.lake.sync(sqlite_engine).late_events_copied == 0
+
+
+def test_lake_sync_pauses_the_garbage_collector_only_while_reading(sqlite_engine: Engine, tmp_path: Path) -> None:
+    seed_crm(sqlite_engine, n_events=50)
+    store = _store(tmp_path)
+    states: list[bool] = []
+    fetch = store.lake._fetch
+
+    def spy(conn: Any, query: str) -> Any:
+        table = fetch(conn, query)
+        states.append(gc.isenabled())
+        return table
+
+    store.lake._fetch = spy  # type: ignore[method-assign]
+    assert gc.isenabled()
+    assert store.lake.sync(sqlite_engine).events_copied == 50
+    assert gc.isenabled() and states and all(states)  # re-enabled after every read
+    table = pq.read_table(store.lake.event_files()[0])
+    assert table.num_rows == 50 and table.column("payload").type == pa.string()
 
 
 def test_retention_prunes_old_history_and_tiles(sqlite_engine: Engine, tmp_path: Path) -> None:

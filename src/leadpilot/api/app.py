@@ -10,7 +10,7 @@ from sqlalchemy import Engine, text
 from leadpilot import __version__
 from leadpilot.api.deps import ActorCache
 from leadpilot.api.errors import BodySizeLimit, install_error_handlers
-from leadpilot.api.routes import accounts, auth, contacts, events, leads, tasks, teams, users
+from leadpilot.api.routes import accounts, auth, contacts, events, leads, scoring, search, tasks, teams, users
 from leadpilot.config import Settings, get_settings
 from leadpilot.crm.events import bus
 from leadpilot.db.engine import get_engine
@@ -36,7 +36,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         bus.configure_redis(settings.redis_url, settings.redis_stream)
 
     api = APIRouter(prefix=API_PREFIX)
-    for module in (auth, users, teams, accounts, contacts, leads, tasks, events):
+    for module in (auth, users, teams, accounts, contacts, leads, tasks, events, scoring, search):
         api.include_router(module.router)
     app.include_router(api)
 

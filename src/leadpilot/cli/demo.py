@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from leadpilot.cli.common import console, emit_json, engine, settings
@@ -24,6 +24,31 @@ DEMO_LOGINS = ("admin", "sup_all", "sup_01", "sales_0001", "sales_0002", "screen
 def sample_leads_path() -> Path:
     """The sample lead file shipped in the package (four bad rows on purpose)."""
     return Path(str(resources.files("leadpilot.demo").joinpath("sample_leads.csv")))
+
+
+def demo_scoring(eng: Engine, *, quiet: bool) -> dict[str, Any]:
+    """Train and promote the first scoring models (once) and score every open lead with them."""
+    from leadpilot.cli.scoring_crm import _store
+    from leadpilot.models import crm_training
+    from leadpilot.models.registry import champion
+    from leadpilot.models.service import ScoringService
+
+    store = _store()
+    out: dict[str, Any] = {"trained": [], "skipped": []}
+    say = None if quiet else (lambda message: console.print(f"[dim]{message}[/]"))
+    for name in crm_training.MODEL_NAMES:
+        with Session(eng) as session:
+            if champion(session, name=name) is not None:
+                continue
+        try:
+            out["trained"].append(
+                crm_training.train(eng, store, name, data_dir=settings().data_dir, progress=say).to_json()
+            )
+        except crm_training.TrainingDataError as exc:
+            out["skipped"].append(str(exc))
+    if len(out["skipped"]) < len(crm_training.MODEL_NAMES):
+        out["rescored"] = ScoringService(eng, store).rescore(progress=say).to_json()
+    return out
 
 
 def demo_command(
@@ -56,6 +81,7 @@ def demo_command(
     from leadpilot.cli.features import run_compute
 
     features = run_compute(eng, quiet=json_out)
+    scoring = demo_scoring(eng, quiet=json_out)
     url = f"http://{host}:{port}"
     data: dict[str, Any] = {
         "url": url,
@@ -65,6 +91,7 @@ def demo_command(
         "simulation": simulation,
         "import": summary.to_json(),
         "features": features,
+        "scoring": scoring,
     }
     if json_out:
         emit_json(data)
@@ -84,6 +111,17 @@ def demo_command(
             f"features as of {features['days'][-1]}: {features['values_written']:,} values of "
             f"{features['derived_features']:,} derived features (leadpilot features show LEAD_ID)"
         )
+        for model in scoring.get("trained", []):
+            console.print(
+                f"model {model['name']} v{model['version']} ({model['status']}): held-out AUC "
+                f"{model['metrics'].get('auc')} on {model['examples']:,} examples"
+            )
+        if "rescored" in scoring:
+            console.print(
+                f"scored {sum(scoring['rescored']['scored'].values()):,} open leads (leadpilot scoring explain LEAD_ID)"
+            )
+        for problem in scoring.get("skipped", []):
+            console.print(f"scoring skipped: {problem}")
         console.print(f"\n[bold]leadpilot demo[/] at {url}  (API docs: {url}/docs)")
         console.print(f"logins (also in {logins_file}):")
         for username, password in logins.items():

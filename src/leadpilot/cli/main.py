@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from leadpilot import __version__
-from leadpilot.cli import db, events, features, imports, simulate, users
+from leadpilot.cli import db, distribute, events, features, imports, scoring, scoring_crm, simulate, users
 from leadpilot.cli.common import console, emit_json, engine, require_migrated, settings
 from leadpilot.cli.demo import demo_command
 from leadpilot.db import migrate
@@ -22,6 +22,9 @@ app.add_typer(db.app, name="db")
 app.add_typer(events.app, name="events")
 app.add_typer(simulate.app, name="simulate")
 app.add_typer(features.app, name="features")
+scoring_crm.register(scoring.app)  # the CRM models' commands beside fit / evaluate
+app.add_typer(scoring.app, name="scoring")
+app.add_typer(distribute.app, name="distribute")
 app.command("demo")(demo_command)
 
 

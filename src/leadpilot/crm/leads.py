@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, select, update
+from sqlalchemy import ColumnElement, Row, func, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -17,7 +17,7 @@ from leadpilot.crm.common import apply_changes, get_visible, require_exists, req
 from leadpilot.crm.errors import Conflict, Forbidden, Invalid, NotFound
 from leadpilot.crm.events import EventType, append_event
 from leadpilot.crm.listing import Page, paginate_rows, sort_keys
-from leadpilot.crm.models import Account, Contact, Lead, Role, Stage, Team, User
+from leadpilot.crm.models import Account, Contact, Event, Lead, Role, Stage, Team, User
 from leadpilot.crm.stages import OWNED_STAGES, POOL_STAGES, SCREENING_STAGES, transition_error
 from leadpilot.db.base import utcnow
 
@@ -240,11 +240,60 @@ def _pool_miss_reason(session: Session, actor: Actor, lead_id: int) -> Exception
     return Conflict(f"lead {lead_id} is not in the claim pool{detail}")
 
 
-def claim_lead(session: Session, *, actor: Actor, lead_id: int) -> Lead:
-    """Take a lead from the pool; one atomic conditional UPDATE, so of two racing claims exactly one wins."""
+@dataclass(frozen=True)
+class ClaimPolicy:
+    """Claim pool limits: claims per salesperson per (UTC) day, and how long a previous owner waits to reclaim."""
+
+    daily_limit: int | None = None
+    cooldown_hours: float = 0.0
+
+
+def _check_cooldown(session: Session, actor: Actor, lead_id: int, hours: float, now: datetime) -> None:
+    """A previous owner may not take back a lead they gave up (or that was recycled from them) too soon."""
+    since = now - timedelta(hours=hours)
+    releases = session.execute(
+        select(Event.occurred_at, Event.payload).where(
+            Event.lead_id == lead_id, Event.type == EventType.RELEASE, Event.occurred_at >= since
+        )
+    )
+    for at, payload in releases:
+        if (payload or {}).get("previous_owner_id") == actor.id:
+            until = at + timedelta(hours=hours)
+            raise Conflict(
+                f"lead {lead_id} left you at {at:%Y-%m-%d %H:%M} UTC; you may claim it again after "
+                f"{until:%Y-%m-%d %H:%M} UTC (cool-down {hours:g} h)"
+            )
+
+
+def _check_daily_limit(session: Session, actor: Actor, limit: int, now: datetime) -> None:
+    """Count today's claims (this one included, so run after the claim's write): over the limit rolls back."""
+    start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    claimed = session.scalar(
+        select(func.count())
+        .select_from(Event)
+        .where(Event.type == EventType.CLAIM, Event.actor_id == actor.id, Event.occurred_at >= start)
+    )
+    if (claimed or 0) > limit:
+        raise Conflict(f"daily claim limit reached: {limit} leads per day (the count restarts at 00:00 UTC)")
+
+
+def claim_lead(
+    session: Session, *, actor: Actor, lead_id: int, policy: ClaimPolicy | None = None, now: datetime | None = None
+) -> Lead:
+    """Take a lead from the pool; one atomic conditional UPDATE, so of two racing claims exactly one wins.
+
+    With a ``policy``: a previous owner within the cool-down gets 409, and so does a claim beyond the daily
+    limit. The limit is counted after the claim's own write in the same transaction (PostgreSQL: with the
+    claimer's user row locked first), so two simultaneous claims by one person cannot both slip under it.
+    """
     if actor.role not in CLAIMER_ROLES or actor.id is None:
         raise Forbidden("only salespeople and supervisors may claim leads")
-    now = utcnow()
+    policy = policy or ClaimPolicy()
+    now = now or utcnow()
+    if policy.daily_limit is not None:
+        session.execute(select(User.id).where(User.id == actor.id).with_for_update())  # no-op on SQLite
+    if policy.cooldown_hours > 0:
+        _check_cooldown(session, actor, lead_id, policy.cooldown_hours, now)
     result = session.execute(
         update(Lead)
         .where(Lead.id == lead_id, pool_clause())
@@ -269,6 +318,8 @@ def claim_lead(session: Session, *, actor: Actor, lead_id: int) -> Lead:
         actor_id=actor.id,
         payload={"from": "pool", "to": Stage.ASSIGNED.value, "reason": "claim", "owner_id": None},
     )
+    if policy.daily_limit is not None:
+        _check_daily_limit(session, actor, policy.daily_limit, now)
     audit(session, actor, "claim", "lead", lead_id)
     return lead
 
@@ -283,7 +334,20 @@ def release_lead(session: Session, *, actor: Actor, lead_id: int, reason: str | 
     problem = transition_error(lead.stage, Stage.RECYCLED.value)
     if problem:
         raise Conflict(f"lead {lead_id}: {problem}")
-    previous_owner, previous_stage = lead.owner_id, lead.stage
+    if not _release(session, actor, lead_id, lead.owner_id, lead.stage, reason):
+        raise Conflict(f"lead {lead_id} changed while releasing it; reload and retry")
+    lead = session.get_one(Lead, lead_id, populate_existing=True)
+    audit(session, actor, "release", "lead", lead_id)
+    return lead
+
+
+def _release(
+    session: Session, actor: Actor, lead_id: int, previous_owner: int, previous_stage: str, reason: str | None
+) -> bool:
+    """Move a lead back to the pool if it is still with ``previous_owner`` in ``previous_stage``; the events.
+
+    False when the lead changed meanwhile (the conditional UPDATE matched nothing).
+    """
     now = utcnow()
     result = session.execute(
         update(Lead)
@@ -295,8 +359,7 @@ def release_lead(session: Session, *, actor: Actor, lead_id: int, reason: str | 
         .execution_options(synchronize_session=False)
     )
     if result.first() is None:
-        raise Conflict(f"lead {lead_id} changed while releasing it; reload and retry")
-    lead = session.get_one(Lead, lead_id, populate_existing=True)
+        return False
     append_event(
         session,
         EventType.RELEASE,
@@ -316,8 +379,43 @@ def release_lead(session: Session, *, actor: Actor, lead_id: int, reason: str | 
             "owner_id": previous_owner,
         },
     )
-    audit(session, actor, "release", "lead", lead_id)
-    return lead
+    return True
+
+
+def recycle_unworked(session: Session, *, actor: Actor, days: float, now: datetime | None = None) -> list[int]:
+    """Send owned leads their owner has not worked for ``days`` back to the pool (stage ``recycled``).
+
+    "Worked" is any event by the owner on the lead; a lead is unworked when both its last such event (if any)
+    and its move into its stage are older than ``days``. Each recycle is a ``release`` event with the reason.
+    """
+    now = now or utcnow()
+    cutoff = now - timedelta(days=days)
+    touched = (
+        select(Event.lead_id, Event.actor_id, func.max(Event.occurred_at).label("at"))
+        .where(Event.lead_id.is_not(None), Event.actor_id.is_not(None))
+        .group_by(Event.lead_id, Event.actor_id)
+        .subquery()
+    )
+    stale = session.execute(
+        select(Lead.id, Lead.owner_id, Lead.stage)
+        .outerjoin(touched, (touched.c.lead_id == Lead.id) & (touched.c.actor_id == Lead.owner_id))
+        .where(
+            Lead.owner_id.is_not(None),
+            Lead.stage.in_([s.value for s in OWNED_STAGES]),
+            Lead.stage_changed_at < cutoff,
+            (touched.c.at.is_(None)) | (touched.c.at < cutoff),
+        )
+        .order_by(Lead.id)
+    ).all()
+    reason = f"unworked for {days:g} days"
+    recycled = [
+        lead_id
+        for lead_id, owner, stage in stale
+        if owner is not None and _release(session, actor, lead_id, owner, stage, reason)
+    ]
+    if recycled:
+        audit(session, actor, "recycle", "lead", None, {"leads": len(recycled), "reason": reason})
+    return recycled
 
 
 def assign_lead(session: Session, *, actor: Actor, lead_id: int, owner_id: int, reason: str | None = None) -> Lead:

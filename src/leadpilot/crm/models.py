@@ -210,6 +210,8 @@ class Lead(TimestampMixin, Base):
     score_transfer: Mapped[float | None] = mapped_column(Float)
     score_convert: Mapped[float | None] = mapped_column(Float)
     score_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Set by a cold-start scoring rule (high / medium / low) while the models have too little data.
+    priority: Mapped[str | None] = mapped_column(String(10))
     notes: Mapped[str] = mapped_column(Text, nullable=False, default="")
     external_id: Mapped[str | None] = mapped_column(String(120), index=True)
     # Bumped on every change; lets clients detect a concurrent edit (optimistic locking).
@@ -320,4 +322,6 @@ class ImportedRow(Base):
 
 
 # The feature pipeline's tables share this metadata (migrations and the models-vs-schema test see them).
+from leadpilot.distribution import tables as _distribution_tables  # noqa: E402, F401
 from leadpilot.features import models as _feature_models  # noqa: E402, F401
+from leadpilot.models import tables as _scoring_tables  # noqa: E402, F401

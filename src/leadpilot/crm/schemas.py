@@ -289,6 +289,7 @@ class LeadPublic(Public):
     score_transfer: float | None
     score_convert: float | None
     score_updated_at: datetime | None
+    priority: str | None
     notes: str
     external_id: str | None
     version: int

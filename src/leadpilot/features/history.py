@@ -108,14 +108,26 @@ def apply_snapshot(
         f"INSERT INTO history SELECT dim, k1, k2, feature_id, new_value, {d}, {nd} "
         "FROM changed WHERE new_value IS NOT NULL"
     )
+    # The history is kept merged, so after a fold only the row just written, [d, nd), can have a neighbour
+    # with its value: a row ending at d or one starting at nd (the clipped and re-opened rows hold the old
+    # value, which differs). Only keys with such a neighbour need merging; on a first fold or a plain daily
+    # one there are none, and the history is not scanned key by key at all.
+    neighbour = f"h.valid_to = {d}" if next_day is None else f"(h.valid_to = {d} OR h.valid_from = {nd})"
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE touched_keys AS SELECT DISTINCT c.dim, c.k1, c.k2, c.feature_id "
+        f"FROM changed c JOIN (SELECT * FROM history h WHERE {neighbour}) h ON {same_row} "
+        "WHERE c.new_value IS NOT NULL AND h.value = c.new_value"
+    )
     _coalesce(con)
     return n_changed
 
 
 def _coalesce(con: duckdb.DuckDBPyConnection) -> None:
-    """Merge back-to-back rows with the same value for the keys just touched (keeps one row per run of a value)."""
+    """Merge back-to-back rows with the same value for the keys in ``touched_keys`` (one row per run of a value)."""
     same_row = "h.dim = c.dim AND h.k1 = c.k1 AND h.k2 = c.k2 AND h.feature_id = c.feature_id"
-    con.execute("CREATE OR REPLACE TEMP TABLE touched_keys AS SELECT DISTINCT dim, k1, k2, feature_id FROM changed")
+    found = _one(con, "SELECT count(*) FROM touched_keys")
+    if not found or not found[0]:
+        return
     con.execute(
         "CREATE OR REPLACE TEMP TABLE islands AS SELECT dim, k1, k2, feature_id, value, min(valid_from) AS valid_from, "
         "CASE WHEN bool_or(valid_to IS NULL) THEN NULL ELSE max(valid_to) END AS valid_to, count(*) AS n FROM ("

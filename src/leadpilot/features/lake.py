@@ -11,6 +11,7 @@ they are reported by id.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from collections.abc import Callable
@@ -195,17 +196,34 @@ class EventLake:
     def _fetch(self, conn: Any, sql: str) -> pa.Table:
         """Rows as an Arrow table, through the DBAPI.
 
+        The rows are read with the driver's own cursor (plain tuples) and with Python's cyclic garbage
+        collector paused: half a million fresh row tuples would otherwise trigger full collections over
+        every live object again and again, which cost more than the read itself (4x at 500k rows a chunk).
         (ADBC's SQLite driver would be 5x faster but bundles its own SQLite, which neither sees commits
         still in the WAL nor leaves the -shm file usable by other connections: not safe on a live store.)
         """
-        rows = conn.exec_driver_sql(sql).fetchall()
         names = ("id", "type", "lead_id", "actor_id", "occurred_at", "payload")
-        columns = list(zip(*rows, strict=True)) if rows else [() for _ in names]
-        payloads = [p if isinstance(p, str) or p is None else json.dumps(p) for p in columns[5]]
-        return pa.table(
-            [pa.array(c) for c in columns[:5]] + [pa.array(payloads, pa.string())],
-            names=list(names),
-        )
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            cursor = conn.connection.cursor()
+            try:
+                cursor.execute(sql)
+                rows = cursor.fetchall()
+            finally:
+                cursor.close()
+            columns = list(zip(*rows, strict=True)) if rows else [() for _ in names]
+            del rows
+            try:
+                payload = pa.array(columns[5], pa.string())
+            except (pa.ArrowInvalid, pa.ArrowTypeError):  # JSON columns some drivers hand back parsed
+                payload = pa.array(
+                    [p if isinstance(p, str) or p is None else json.dumps(p) for p in columns[5]], pa.string()
+                )
+            return pa.table([pa.array(c) for c in columns[:5]] + [payload], names=list(names))
+        finally:
+            if collecting:
+                gc.enable()
 
     def _read_events(self, conn: Any, where: str, limit: int | None, report: SyncReport, horizon: datetime) -> pa.Table:
         postgres = conn.dialect.name == "postgresql"

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
-from leadpilot.expressions import Dialect
+from leadpilot.expressions import Expression
 from leadpilot.features.dictionary import (
     FUNCTION_CODES,
     TABLE_DIMENSION,
@@ -90,9 +90,74 @@ def _bucket_case(dictionary: FeatureDictionary) -> str:
     return f"CASE product_line {whens} END"
 
 
-def _event_entries(dictionary: FeatureDictionary, dialect: Dialect, *, distinct: bool) -> list[str]:
-    """One struct per base feature an event can feed (NULL when it does not)."""
-    entries = []
+# Payload keys are read once per event into columns ``p_<n>`` of the prepared events (``prepared_events_sql``;
+# numbered, not named: JSON keys are case-sensitive, SQL names are not);
+# the compiled expressions then refer to those columns instead of parsing the JSON again for every feature.
+_PAYLOAD_MARK = "__lp_payload__"
+# Dimensions keyed by the lead: an entity's events all share the lead's product line, so its `all` tile is
+# its product line's tile (no second aggregation needed).
+_LEAD_KEYED = (Dimension.LEAD, Dimension.LEAD_SALESPERSON)
+# Base id and product-line bucket packed in one INTEGER key: base_id * _PL_SPAN + bucket (codes are 0..99;
+# _NO_PL: none).
+_PL_SPAN = 128
+_NO_PL = 127
+# (occurred_at, id) as one orderable number: LAST is the value of the latest event by time, then id.
+_ORDER_KEY = (
+    "CAST(epoch_us(occurred_at) AS HUGEINT) * CAST(18446744073709551616 AS HUGEINT) "
+    "+ (CAST(id AS HUGEINT) + CAST(9223372036854775808 AS HUGEINT))"
+)
+
+
+def payload_keys(dictionary: FeatureDictionary) -> list[str]:
+    """Every payload key an event source's filter, value or distinct expression reads, sorted."""
+    keys: set[str] = set()
+    for base in dictionary.base_features:
+        if isinstance(base.source, EventSource):
+            for expression in (base.source.filter, base.source.value, base.source.distinct):
+                if expression is not None:
+                    keys |= expression.payload_keys
+    return sorted(keys)
+
+
+def _event_types(dictionary: FeatureDictionary) -> list[str]:
+    return sorted({t for b in dictionary.base_features if isinstance(b.source, EventSource) for t in b.source.events})
+
+
+def prepared_events_sql(dictionary: FeatureDictionary, rows_sql: str) -> str:
+    """The event rows any event source can use, one row per event, with what every feature reads parsed once:
+    the product-line bucket code (``pl_code``), a LAST ordering key (``ord``) and each payload key
+    (``p_<n>`` for the n-th of ``payload_keys``, text, from one JSON parse).  ``tiles_sql`` reads a relation
+    holding this."""
+    keys = payload_keys(dictionary)
+    paths = ", ".join(quote("$." + k) for k in keys)
+    columns = "".join(f", pj[{i + 1}] AS p_{i + 1}" for i in range(len(keys)))
+    parsed = f", json_extract_string(payload, [{paths}]) AS pj" if keys else ""
+    types = ", ".join(quote(t) for t in _event_types(dictionary)) or "NULL"
+    return (
+        "SELECT id, type, lead_id, actor_id, account_id, product_line, region, lead_source, day, occurred_at, "
+        f"CAST({_bucket_case(dictionary)} AS TINYINT) AS pl_code, {_ORDER_KEY} AS ord{columns} "
+        f"FROM (SELECT *{parsed} FROM ({rows_sql}) ev WHERE type IN ({types})) p"
+    )
+
+
+def _compile(expression: Expression, keys: list[str]) -> str:
+    """An expression as DuckDB SQL over the prepared events (payload keys read from their ``p_<n>`` columns)."""
+    text = expression.to_sql(EVENT_COLUMNS, dialect="duckdb", payload_column=_PAYLOAD_MARK)
+    for i, key in enumerate(keys):
+        text = text.replace(f"json_extract_string({_PAYLOAD_MARK}, '$.{key}')", f"p_{i + 1}")
+    if _PAYLOAD_MARK in text:  # pragma: no cover - every key the expression reads is in `keys`
+        raise ValueError(f"unexpected payload access in {text!r}")
+    return text
+
+
+def _matches_sql(dictionary: FeatureDictionary, events: str, *, distinct: bool) -> str | None:
+    """One row per (event, base feature it feeds): a branch per base feature over the prepared ``events``.
+
+    ``bp`` packs the base id and the event's product-line bucket (for features kept by product line; else
+    none) in one number, so the aggregation hashes four keys instead of seven; ``_unpacked`` reverses it.
+    """
+    keys = payload_keys(dictionary)
+    branches = []
     for base in dictionary.base_features:
         source = base.source
         if not isinstance(source, EventSource):
@@ -104,49 +169,75 @@ def _event_entries(dictionary: FeatureDictionary, dialect: Dialect, *, distinct:
         if k2:
             conditions.append(f"{k2} IS NOT NULL")
         if source.filter is not None:
-            conditions.append(f"COALESCE({source.filter.to_sql(EVENT_COLUMNS, dialect=dialect)}, FALSE)")
+            conditions.append(f"COALESCE({_compile(source.filter, keys)}, FALSE)")
         if distinct:
             assert source.distinct is not None
-            value = f"CAST({source.distinct.to_sql(EVENT_COLUMNS, dialect=dialect)} AS VARCHAR)"
+            value = f"CAST({_compile(source.distinct, keys)} AS VARCHAR)"
         elif source.value is not None:
-            value = f"CAST({source.value.to_sql(EVENT_COLUMNS, dialect=dialect)} AS DOUBLE)"
+            value = f"CAST({_compile(source.value, keys)} AS DOUBLE)"
         else:
             value = "CAST(1.0 AS DOUBLE)"
-        struct = (
-            f"{{'dim': {DIMENSION_CODES[base.dimension]}, 'base_id': {base.id}, "
-            f"'by_pl': {'TRUE' if base.by_product_line else 'FALSE'}, "
-            f"'k1': CAST({k1} AS BIGINT), 'k2': CAST({k2 or 0} AS BIGINT), 'v': {value}}}"
+        pl = f"COALESCE(pl_code, {_NO_PL})" if base.by_product_line else str(_NO_PL)
+        branches.append(
+            f"SELECT CAST({base.id * _PL_SPAN} + {pl} AS INTEGER) AS bp, CAST({k1} AS BIGINT) AS k1, "
+            f"CAST({k2 or 0} AS BIGINT) AS k2, day, occurred_at, ord, {value} AS v "
+            f"FROM {events} WHERE {' AND '.join(conditions)}"
         )
-        entries.append(f"CASE WHEN {' AND '.join(conditions)} THEN {struct} END")
-    return entries
+    return " UNION ALL ".join(branches) if branches else None
 
 
-def tiles_sql(dictionary: FeatureDictionary, rows_sql: str, *, distinct: bool = False) -> str | None:
-    """Daily tiles (or distinct-value tiles) of every event-sourced base feature, in one pass over the events."""
-    entries = _event_entries(dictionary, "duckdb", distinct=distinct)
-    if not entries:
+def _unpacked(dictionary: FeatureDictionary) -> str:
+    """Select-list items turning ``bp`` back into dim, base_id, pl (NULL: none) and ``single`` (the feature's
+    `all` tile equals its product-line tile: lead-keyed, or not kept by product line)."""
+    bases = [b for b in dictionary.base_features if isinstance(b.source, EventSource)]
+    dims = " ".join(f"WHEN {b.id} THEN {DIMENSION_CODES[b.dimension]}" for b in bases)
+    single = [str(b.id) for b in bases if b.dimension in _LEAD_KEYED or not b.by_product_line]
+    is_single = f"(bp // {_PL_SPAN}) IN ({', '.join(single)})" if single else "FALSE"
+    return (
+        f"CAST(CASE bp // {_PL_SPAN} {dims} END AS TINYINT) AS dim, CAST(bp // {_PL_SPAN} AS INTEGER) AS base_id, "
+        f"CAST(NULLIF(bp % {_PL_SPAN}, {_NO_PL}) AS TINYINT) AS pl, {is_single} AS single"
+    )
+
+
+_TILE_COLUMNS = "dim, k1, k2, base_id, bucket, day, cnt, total, sumsq, vmin, vmax, last_at, last_value"
+
+
+def tiles_sql(dictionary: FeatureDictionary, events: str, *, distinct: bool = False) -> str | None:
+    """Daily tiles (or distinct-value tiles) of every event-sourced base feature, in one pass over ``events``
+    (a relation holding ``prepared_events_sql``).
+
+    Each event feeds every base feature it matches, in its product-line bucket and in `all` (bucket 0).
+    The aggregation runs once per (entity, base feature, product line, day); the `all` tile is that tile
+    itself where the entity has one product line (lead-keyed features) and a merge of the product lines'
+    tiles otherwise, so no event row is duplicated per bucket.
+    """
+    matched = _matches_sql(dictionary, events, distinct=distinct)
+    if matched is None:
         return None
-    types = sorted({t for b in dictionary.base_features if isinstance(b.source, EventSource) for t in b.source.events})
-    matched = (
-        f"SELECT day, occurred_at, id, {_bucket_case(dictionary)} AS pl_code, "
-        f"UNNEST(list_filter([{', '.join(entries)}], lambda x: x IS NOT NULL)) AS m "
-        f"FROM ({rows_sql}) ev WHERE type IN ({', '.join(quote(t) for t in types)})"
-    )
-    expanded = (
-        "SELECT m.dim AS dim, m.k1 AS k1, m.k2 AS k2, m.base_id AS base_id, "
-        "UNNEST(CASE WHEN m.by_pl AND pl_code IS NOT NULL THEN [0, pl_code] ELSE [0] END) AS bucket, "
-        f"day, occurred_at, id, m.v AS v FROM ({matched}) mm"
-    )
     if distinct:
         return (
-            "SELECT DISTINCT CAST(dim AS TINYINT) AS dim, k1, k2, CAST(base_id AS INTEGER) AS base_id, "
-            f"CAST(bucket AS TINYINT) AS bucket, day, v AS dvalue FROM ({expanded}) x WHERE v IS NOT NULL"
+            "SELECT DISTINCT dim, k1, k2, base_id, CAST(bucket AS TINYINT) AS bucket, day, v AS dvalue FROM ("
+            "SELECT dim, k1, k2, base_id, UNNEST(CASE WHEN pl IS NOT NULL THEN [0, pl] ELSE [0] END) AS bucket, "
+            f"day, v FROM (SELECT {_unpacked(dictionary)}, k1, k2, day, v FROM ({matched}) m) u) x "
+            "WHERE v IS NOT NULL"
         )
+    by_pl = (
+        f"SELECT {_unpacked(dictionary)}, k1, k2, day, cnt, total, sumsq, vmin, vmax, last_at, last_value, last_ord "
+        "FROM (SELECT bp, k1, k2, day, count(*) AS cnt, sum(v) AS total, sum(v * v) AS sumsq, min(v) AS vmin, "
+        "max(v) AS vmax, max(occurred_at) AS last_at, arg_max(v, ord) AS last_value, "
+        f"max(ord) FILTER (WHERE v IS NOT NULL) AS last_ord FROM ({matched}) m GROUP BY bp, k1, k2, day) a"
+    )
+    same = "SELECT dim, k1, k2, base_id, CAST({bucket} AS TINYINT) AS bucket, day, cnt, total, sumsq, vmin, vmax, "
+    same += "last_at, last_value FROM part WHERE {where}"
+    merged = (
+        "SELECT dim, k1, k2, base_id, CAST(0 AS TINYINT) AS bucket, day, CAST(sum(cnt) AS BIGINT) AS cnt, "
+        "sum(total) AS total, sum(sumsq) AS sumsq, min(vmin) AS vmin, max(vmax) AS vmax, max(last_at) AS last_at, "
+        "arg_max(last_value, last_ord) AS last_value FROM part WHERE NOT single GROUP BY dim, k1, k2, base_id, day"
+    )
     return (
-        "SELECT CAST(dim AS TINYINT) AS dim, k1, k2, CAST(base_id AS INTEGER) AS base_id, "
-        "CAST(bucket AS TINYINT) AS bucket, day, count(*) AS cnt, sum(v) AS total, sum(v * v) AS sumsq, "
-        "min(v) AS vmin, max(v) AS vmax, max(occurred_at) AS last_at, arg_max(v, (occurred_at, id)) AS last_value "
-        f"FROM ({expanded}) x GROUP BY ALL"
+        f"WITH part AS MATERIALIZED ({by_pl}) SELECT {_TILE_COLUMNS} FROM ("
+        f"{same.format(bucket='pl', where='pl IS NOT NULL')} UNION ALL {same.format(bucket='0', where='single')} "
+        f"UNION ALL {merged}) t"
     )
 
 

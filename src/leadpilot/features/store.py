@@ -11,8 +11,9 @@ Layout under ``<data dir>/features/``::
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -174,9 +175,9 @@ class FeatureStore:
 
     # -- database -------------------------------------------------------------------------------------
     def _connect(self) -> Any:
-        # The history's own connection gets the same cap as the engine: a full fold's transaction then
-        # spills to the temp folder instead of growing in memory.
-        con = connect(str(self.db_path), memory_limit=self.memory_limit)
+        # The history's own connection is capped too (a quarter of the engine's: during a fold both are
+        # open), so a full fold's transaction spills to the temp folder instead of growing in memory.
+        con = connect(str(self.db_path), memory_limit=history_memory_limit(self.memory_limit))
         con.execute(f"SET temp_directory = {quote((self.root / 'spill').as_posix())}")
         return con
 
@@ -294,6 +295,24 @@ class FeatureStore:
             day=day,
             groups=groups,
             partition=partition,
+        )
+
+    def _value_slices(
+        self, day: date, groups: pa.Table | None, slices: int
+    ) -> Iterator[tuple[tuple[int, int] | None, pa.Table]]:
+        """The raw values of ``day`` for a fold: of the affected ``groups`` only (one table), or of every
+        entity in ``slices`` entity slices (the engine may share work between them)."""
+        if groups is not None:
+            yield None, self._raw_values(day, groups=groups)
+            return
+        first = earliest_tile_day(self.dictionary, day)
+        yield from self.engine.window_slices(
+            self.dictionary,
+            tile_files=self._tile_files(self.tiles_dir, first, day),
+            distinct_files=self._tile_files(self.distinct_dir, first, day),
+            table_files={t: str(self.lake.dimension_path(t)) for t in ("leads", "accounts", "users")},
+            day=day,
+            slices=slices,
         )
 
     def snapshot(self, day: date, dimension: Dimension) -> FeatureMatrix:
@@ -422,13 +441,12 @@ class FeatureStore:
             con.execute("BEGIN TRANSACTION")
             try:
                 # Entity slices (k1 mod n) keep the windows' working set bounded on a large full fold.
-                for p in range(slices):
-                    part = (p, slices) if slices > 1 else None
-                    table = self._raw_values(day, groups=groups, partition=part)
+                for part, table in self._value_slices(day, groups, slices):
                     changed += history.apply_snapshot(
                         con, table, day, dims, groups=groups, always=table_bases, partition=part
                     )
                     written += table.num_rows
+                    del table
                 con.execute(
                     "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?)",
                     [day, sum(1 << d for d in dims), datetime.now(UTC).replace(tzinfo=None), written, changed],
@@ -550,6 +568,19 @@ class FeatureStore:
             "history": self.history_stats(),
             "derived_features": len(self.dictionary.derived),
         }
+
+
+_UNITS = {"KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4, "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3}
+
+
+def history_memory_limit(limit: str) -> str:
+    """The history connection's cap: a quarter of the engine's ``limit`` (DuckDB syntax, e.g. ``4GB``), at
+    least 256 MB; ``limit`` itself when it is not a plain size."""
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]+)\s*", limit)
+    if not match or match.group(2).upper() not in _UNITS:
+        return limit
+    size = float(match.group(1)) * _UNITS[match.group(2).upper()]
+    return f"{max(256, int(size / 4 / 1000**2))}MB"
 
 
 def _utc(t: datetime) -> datetime:

@@ -13,6 +13,7 @@ from leadpilot.api.deps import (
     PagingDep,
     ReadDB,
     SessionReleasingRoute,
+    SettingsDep,
     WriteDB,
     row_page_response,
 )
@@ -123,9 +124,10 @@ def change_stage(lead_id: IdPath, data: StageChange, actor: CurrentActor, db: Wr
 
 
 @router.post("/{lead_id}/claim", response_model=LeadPublic)
-def claim_lead(lead_id: IdPath, actor: CurrentActor, db: WriteDB) -> Lead:
-    """Claim a lead from the pool; of two simultaneous claims exactly one wins, the other gets 409."""
-    lead = leads.claim_lead(db, actor=actor, lead_id=lead_id)
+def claim_lead(lead_id: IdPath, actor: CurrentActor, db: WriteDB, settings: SettingsDep) -> Lead:
+    """Claim a lead from the pool; of two simultaneous claims exactly one wins, the other gets 409 (so does a
+    claim past the daily limit, or by a previous owner within the cool-down)."""
+    lead = leads.claim_lead(db, actor=actor, lead_id=lead_id, policy=settings.claim_policy())
     db.commit()
     return lead
 

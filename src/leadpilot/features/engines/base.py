@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
@@ -57,3 +58,33 @@ class ComputeEngine(ABC):
         computed in full. ``partition`` (p, n) keeps only entities with ``k1 mod n = p`` (for every kind of
         feature), so a large day can be folded in n slices of bounded memory.
         """
+
+    def window_slices(
+        self,
+        dictionary: FeatureDictionary,
+        *,
+        tile_files: list[str],
+        distinct_files: list[str],
+        table_files: dict[str, str],
+        day: date,
+        slices: int,
+    ) -> Iterator[tuple[tuple[int, int] | None, pa.Table]]:
+        """Every derived feature's value as of the end of ``day`` (as ``window_values``), in ``slices`` entity
+        slices: yields (partition, values) per slice, partition ``(p, n)`` (``None`` when ``slices`` is 1).
+
+        A full fold of a large day goes slice by slice so its memory stays bounded; an engine may share work
+        between the slices (the DuckDB engine reads the tiles once for all of them). Each table may be unsorted.
+        """
+        for p in range(slices):
+            part = (p, slices) if slices > 1 else None
+            yield (
+                part,
+                self.window_values(
+                    dictionary,
+                    tile_files=tile_files,
+                    distinct_files=distinct_files,
+                    table_files=table_files,
+                    day=day,
+                    partition=part,
+                ),
+            )

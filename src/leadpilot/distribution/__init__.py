@@ -1,0 +1,1 @@
+"""Distribution: recall, ranking, capacity-aware assignment, the claim pool, search (issue #6)."""
