@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import date, datetime
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -156,19 +155,3 @@ def feature_frame(
         columns.extend(d.name for d in wanted)
     values = np.hstack(blocks) if blocks else np.zeros((len(leads), 0))
     return pd.DataFrame(values, index=leads.index, columns=columns)
-
-
-def attribute_frame(leads: pd.DataFrame) -> pd.DataFrame:
-    """The model-visible CRM attributes of :func:`load_leads`'s frame."""
-    return leads[list(LEAD_ATTRIBUTES)].copy()
-
-
-def describe_value(value: Any) -> str:
-    """A value as a salesperson reads it (no long float tails)."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return "no value"
-    if isinstance(value, float) and value.is_integer():
-        return f"{int(value):,}"
-    if isinstance(value, float):
-        return f"{value:,.2f}"
-    return str(value)

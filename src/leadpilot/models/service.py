@@ -38,7 +38,7 @@ from leadpilot.models.leadframe import LEAD_ATTRIBUTES
 from leadpilot.models.pipeline import ScoringModel
 from leadpilot.models.registry import champion
 from leadpilot.models.tables import ModelStatus, ModelVersion
-from leadpilot.models.tabular import MISSING_TOKENS, ColumnSpec
+from leadpilot.models.tabular import ColumnSpec, TabularEncoder
 
 MIN_CHANGE = 0.005
 TRANSFER_STAGES = ("new", "screening")
@@ -294,9 +294,7 @@ class ScoringService:
             lead["qualified_at"] = None
             lead["owner"] = None
             if lead["stage"] in OWNED_OPEN_STAGES and lead["owner_id"] is not None:
-                changes = conn.execute(_STAGE_CHANGES, {"lead_id": int(lead_id)}).all()
-                qualified = [at for at, payload in changes if (payload or {}).get("to") == "qualified"]
-                lead["qualified_at"] = max(qualified) if qualified else None
+                lead["qualified_at"] = qualified_times(conn, [int(lead_id)]).get(int(lead_id))
                 lead["owner"] = conn.execute(_OWNER, {"user_id": int(lead["owner_id"])}).first()
         return lead
 
@@ -403,8 +401,8 @@ def _factor_json(factor: Any) -> dict[str, Any]:
     }
 
 
-def qualified_times(session: Session, lead_ids: list[int]) -> dict[int, datetime]:
-    """When each lead was qualified (its latest stage change to ``qualified``)."""
+def qualified_times(session: Session | Any, lead_ids: list[int]) -> dict[int, datetime]:
+    """When each lead was qualified (its latest stage change to ``qualified``); a session or a connection."""
     out: dict[int, datetime] = {}
     for i in range(0, len(lead_ids), 20_000):
         rows = session.execute(
@@ -436,9 +434,6 @@ _ONLINE_LEAD = (
     )
     .outerjoin(Account, Account.id == Lead.account_id)
     .where(Lead.id == bindparam("lead_id"))
-)
-_STAGE_CHANGES = select(Event.occurred_at, Event.payload).where(
-    Event.type == "stage_change", Event.lead_id == bindparam("lead_id")
 )
 _CHAMPIONS = select(ModelVersion.name, ModelVersion.id, ModelVersion.version).where(
     ModelVersion.status == ModelStatus.CHAMPION.value
@@ -575,18 +570,6 @@ def _rep_values(lead: dict[str, Any], at: datetime) -> dict[str, Any]:
 
 
 def _encode_categorical(out: np.ndarray, position: int, spec: ColumnSpec, value: Any) -> None:
-    """``TabularEncoder._categorical`` for one value (a string or None)."""
-    text = None if value is None else str(value).strip()
-    if text is not None and text.lower() in MISSING_TOKENS:
-        text = None
-    j = len(spec.levels)
-    if text is not None and text in spec.levels:
-        out[position + spec.levels.index(text)] = 1.0
-    elif text is not None and spec.other:
-        out[position + j] = 1.0
-    j += int(spec.other)
-    if text is None and spec.missing:
-        out[position + j] = 1.0
-    j += int(spec.missing)
-    if spec.frequencies:
-        out[position + j] = np.nan if text is None else np.float32(spec.frequencies.get(text, 0.0))
+    """The encoder's own categorical encoding of one value, written into the row at ``position``."""
+    row = TabularEncoder._categorical(spec, pd.Series([value], dtype=object))[0]
+    out[position : position + len(row)] = row
