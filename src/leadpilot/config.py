@@ -58,6 +58,16 @@ class Settings(BaseSettings):
     claim_daily_limit: int = Field(default=30, ge=0)
     claim_cooldown_hours: float = Field(default=72.0, ge=0)
     recycle_after_days: float = Field(default=7.0, gt=0)
+    # Workflow engine: timers claimed per batch, how long a claim lasts before another worker may take it over,
+    # the longest chain of rules one event may set off, the worker's idle poll and the webhook retry base.
+    workflow_batch_size: int = Field(default=500, ge=1)
+    workflow_lease_seconds: float = Field(default=60.0, gt=0)
+    workflow_max_depth: int = Field(default=5, ge=1)
+    workflow_poll_seconds: float = Field(default=1.0, gt=0)
+    workflow_webhook_backoff_seconds: float = Field(default=1.0, gt=0)
+    # Contracts: who collects e-signatures ("local": built-in one-time signed links) and how long a link lasts.
+    signing_provider: Literal["local"] = "local"
+    signing_link_days: int = Field(default=14, ge=1, le=365)
 
     def claim_policy(self) -> ClaimPolicy:
         """The claim pool's limits for ``crm.leads.claim_lead``."""

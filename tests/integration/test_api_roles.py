@@ -538,6 +538,62 @@ MATRIX: list[Row] = [
       query={"q": "!!"}, label="no words"),
 
     R("GET",    "/me/recommendations",              NOAUTH, DENIED, OK,     OK,     OK,     DENIED),
+    # --- distribution runs: admins only ---
+    R("POST",   "/distribution/runs",               NOAUTH, DENIED, DENIED, DENIED, DENIED, OK,
+      {}, isolated=True),
+    R("POST",   "/distribution/runs",               NOAUTH, BAD,    BAD,    BAD,    BAD,    BAD,
+      {"ranker": "v3"}, label="unknown ranker: the body is checked first"),
+    R("POST",   "/distribution/runs",               NOAUTH, DENIED, DENIED, DENIED, DENIED, CLASH,
+      {"ranker": "mmoe"}, label="no V2 model promoted"),
+    R("POST",   "/distribution/runs",               NOAUTH, DENIED, DENIED, DENIED, DENIED, CLASH,
+      {"experiment": "ab"}, label="an experiment needs assign"),
+
+    # --- dashboards: admins all leads, supervisors their subtree, salespeople their own; no screeners ---
+    R("GET",    "/dashboard",                       NOAUTH, DENIED, OK,     OK,     OK,     OK),
+    R("GET",    "/dashboard/assignments",           NOAUTH, DENIED, DENIED, OK,     OK,     OK),
+
+    # --- experiments: admins create, start and stop; supervisors and admins read them and their reports ---
+    R("GET",    "/experiments",                     NOAUTH, DENIED, DENIED, OK,     OK,     OK),
+    R("POST",   "/experiments",                     NOAUTH, DENIED, DENIED, DENIED, DENIED, CREATED,
+      {"key": "ab-{role}", "unit": "lead", "arms": [{"name": "control", "strategy": "round_robin", "share": 0.5},
+                                                    {"name": "busy", "strategy": "least_busy", "share": 0.5}]}),
+    R("POST",   "/experiments",                     NOAUTH, DENIED, DENIED, DENIED, DENIED, BAD,
+      {"key": "ab-bad", "unit": "lead", "arms": [{"name": "a", "strategy": "round_robin", "share": 0.5},
+                                                 {"name": "b", "strategy": "least_busy", "share": 0.4}]},
+      label="shares add up to 0.9"),
+    R("GET",    "/experiments/{key=missing}",       NOAUTH, DENIED, DENIED, HIDDEN, HIDDEN, HIDDEN),
+    R("POST",   "/experiments/{key=missing}/start", NOAUTH, DENIED, DENIED, DENIED, DENIED, HIDDEN),
+    R("POST",   "/experiments/{key=missing}/stop",  NOAUTH, DENIED, DENIED, DENIED, DENIED, HIDDEN),
+    R("GET",    "/experiments/{key=missing}/report",
+                                                    NOAUTH, DENIED, DENIED, HIDDEN, HIDDEN, HIDDEN),
+    R("GET",    "/experiments/{key=missing}/report.png",
+                                                    NOAUTH, DENIED, DENIED, HIDDEN, HIDDEN, HIDDEN),
+
+    # --- contracts: as their lead (sales own, supervisors subtree, admins all; screeners none). The signing
+    # link answers without a bearer token but only to a valid one-time token: a bogus one is 403 for all ---
+    R("GET",    "/contracts",                       NOAUTH, OK,     OK,     OK,     OK,     OK),
+    R("POST",   "/contracts",                       NOAUTH, HIDDEN, CREATED, CREATED, CREATED, CREATED,
+      {"lead_id": "{lead:alice}", "amount": "1000", "installments": [{"due_date": "2099-01-31", "amount": "1000"}]}),
+    R("POST",   "/contracts",                       NOAUTH, HIDDEN, HIDDEN, HIDDEN, CREATED, CREATED,
+      {"lead_id": "{lead:wendy}", "amount": "500"}, label="wendy's lead"),
+    R("POST",   "/contracts",                       NOAUTH, HIDDEN, DENIED, CLASH,  CLASH,  CLASH,
+      {"lead_id": "{lead:pool}", "amount": "500"}, label="pool lead"),
+    R("POST",   "/contracts",                       NOAUTH, HIDDEN, BAD,    BAD,    BAD,    BAD,
+      {"lead_id": "{lead:alice}", "amount": "1000", "installments": [{"due_date": "2099-01-31", "amount": "900"}]},
+      label="plan short of the amount"),
+    R("GET",    "/contracts/{contract_id=999999}",  NOAUTH, HIDDEN, HIDDEN, HIDDEN, HIDDEN, HIDDEN),
+    R("GET",    "/contracts/{contract_id=999999}/installments",
+                                                    NOAUTH, HIDDEN, HIDDEN, HIDDEN, HIDDEN, HIDDEN),
+    R("POST",   "/contracts/{contract_id=999999}/send",
+                                                    NOAUTH, HIDDEN, HIDDEN, HIDDEN, HIDDEN, HIDDEN),
+    R("POST",   "/contracts/{contract_id=999999}/cancel",
+                                                    NOAUTH, HIDDEN, HIDDEN, HIDDEN, HIDDEN, HIDDEN),
+    R("POST",   "/contracts/{contract_id=999999}/payments",
+                                                    NOAUTH, HIDDEN, HIDDEN, HIDDEN, HIDDEN, HIDDEN,
+      {"amount": "10", "reference": "WIRE-{role}"}),
+    R("GET",    "/signing/{token=bogus.token}",     DENIED, DENIED, DENIED, DENIED, DENIED, DENIED),
+    R("POST",   "/signing/{token=bogus.token}",     DENIED, DENIED, DENIED, DENIED, DENIED, DENIED,
+      {"decision": "sign", "signer": "Mallory"}),
 
     # --- audit log: admins only ---
     R("GET",    "/audit",                           NOAUTH, DENIED, DENIED, DENIED, DENIED, OK),
@@ -840,6 +896,27 @@ def test_claim_release_and_reclaim(env: Env) -> None:
     assert types.count("release") == 1
 
 
+def test_admin_runs_the_distribution_over_the_api(env: Env) -> None:
+    """Rank the pool for every salesperson (their recommendations), then assign it; the run is audited."""
+    pool = {env.world.org.leads["pool"], env.world.org.leads["pool2"]}
+    r = env.client.post(f"{API}/distribution/runs", json={}, headers=env.as_("admin"))
+    assert r.status_code == 200, r.text
+    ranked = r.json()
+    assert ranked["pool"] == 2 and ranked["pairs"] > 0 and ranked["stored"] > 0 and ranked["assigned"] == 0
+    recs = env.client.get(f"{API}/me/recommendations", headers=env.as_("alice")).json()["items"]
+    assert {x["lead_id"] for x in recs} <= pool and [x["rank"] for x in recs] == sorted(x["rank"] for x in recs)
+    r = env.client.post(f"{API}/distribution/runs", json={"assign": True}, headers=env.as_("admin"))
+    assert r.status_code == 200, r.text
+    assert r.json()["assigned"] == 2
+    owners = {lead(env, name)["owner_id"] for name in ("pool", "pool2")}
+    assert None not in owners
+    r = env.client.get(f"{API}/leads", params={"in_pool": True}, headers=env.as_("admin"))
+    assert not {x["id"] for x in r.json()["items"]} & pool
+    with Session(env.engine) as s:
+        runs = s.scalars(select(AuditEntry).where(AuditEntry.action == "distribution_run")).all()
+    assert [e.detail["assign"] for e in runs] == [False, True]
+
+
 def test_salesperson_cannot_work_someone_elses_lead(env: Env) -> None:
     w = env.world
     before = env.fingerprint()
@@ -996,7 +1073,18 @@ def test_every_protected_route_needs_a_valid_token(env: Env) -> None:
         "unknown user": jwt.encode({**claims, "sub": str(MISSING_ID), "exp": now + timedelta(minutes=5)}, secret),
     }
     public = {("GET", "/healthz"), ("POST", f"{API}/auth/token")}
-    routes = sorted(openapi_routes(env.client) - public)
+    # The customer's signing link is authenticated by its own one-time signing token, not a login: a bad
+    # signing token is 403 whatever bearer token comes with it (checked below).
+    signing_link = {("GET", f"{API}/signing/{{token}}"), ("POST", f"{API}/signing/{{token}}")}
+    assert signing_link <= openapi_routes(env.client)
+    routes = sorted(openapi_routes(env.client) - public - signing_link)
+    for token in bad_tokens.values():
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        for method, template in sorted(signing_link):
+            path = template.replace("{token}", "bogus.token")
+            body = {"decision": "sign", "signer": "Mallory"} if method == "POST" else None
+            r = env.client.request(method, path, headers=headers, json=body)
+            assert r.status_code == 403, (method, path, r.status_code, r.text)
     for name, token in bad_tokens.items():
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         for method, template in routes:

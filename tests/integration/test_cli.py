@@ -107,6 +107,14 @@ def test_demo_simulates_a_company_and_imports_the_sample(cli_env: Path) -> None:
         ("convert", "champion"),
     }
     assert data["scoring"]["rescored"]["changed"] > 0 and again["scoring"]["trained"] == []
+    # The demo ranks the claim pool for every salesperson with capacity (the convert model as ranker).
+    ranked = data["distribution"]
+    assert ranked["pool"] > 0 and ranked["ranker"].startswith("convert v1") and ranked["stored"] > 0
+    assert ranked["assigned"] == 0
+    # The seed's workflow rules are stored once, disabled.
+    assert len(data["workflow"]["created"]) >= 2 and again["workflow"]["created"] == []
+    rules = run("workflow", "list", "--json")
+    assert rules and not any(r["enabled"] for r in rules)
     versions = run("scoring", "models", "list", "--json")
     assert {(v["name"], v["version"], v["status"]) for v in versions} == {
         ("transfer", 1, "champion"),
@@ -170,6 +178,18 @@ def test_demo_logins_work_against_the_api(cli_env: Path) -> None:
         score = client.get(f"/api/v1/leads/{own['id']}/score", headers={"Authorization": f"Bearer {token}"}).json()
     assert score["stored"]["score"] == own["score"]
     assert any(m.get("up") or m.get("down") for m in score["models"].values()), score
+    # The demo's distribution gave salespeople a personalised pool (tiny's pool is a lead or two: not everyone's).
+    served = 0
+    with TestClient(app_from_env()) as client:
+        for username in ("sales_0001", "sales_0002"):
+            token = client.post(
+                "/api/v1/auth/token", data={"username": username, "password": data["logins"][username]}
+            ).json()["access_token"]
+            recs = client.get("/api/v1/me/recommendations", headers={"Authorization": f"Bearer {token}"}).json()
+            assert [r["rank"] for r in recs["items"]] == sorted(r["rank"] for r in recs["items"])
+            served += bool(recs["items"])
+    assert served >= 1 or data["distribution"]["stored"] == 0
+    assert data["distribution"]["stored"] > 0
 
 
 def test_relay_needs_redis_configured(cli_env: Path) -> None:

@@ -56,6 +56,33 @@ def test_subscribers_get_events_only_after_commit(engine: Engine) -> None:
         unsubscribe()
 
 
+def test_savepoints_neither_deliver_nor_drop_the_outer_transactions_events(engine: Engine) -> None:
+    received: list[EventRecord] = []
+    unsubscribe = bus.subscribe(received.extend)
+    try:
+        with Session(engine) as session:
+            append_event(session, "note", payload={"n": 1})
+            savepoint = session.begin_nested()
+            append_event(session, "note", payload={"n": 2})
+            savepoint.commit()  # released, not committed: nothing is delivered yet
+            assert received == []
+            savepoint = session.begin_nested()
+            append_event(session, "note", payload={"n": 3})
+            savepoint.rollback()  # forgets its own event only
+            with session.begin_nested():
+                append_event(session, "note", payload={"n": 4})
+            assert received == []
+            session.commit()
+        assert [r.payload["n"] for r in received] == [1, 2, 4]
+        with Session(engine) as session:
+            append_event(session, "note", payload={"n": 5})
+            session.rollback()
+            session.commit()
+        assert [r.payload["n"] for r in received] == [1, 2, 4]
+    finally:
+        unsubscribe()
+
+
 def test_a_failing_subscriber_does_not_break_the_writer(engine: Engine) -> None:
     def broken(_: list[EventRecord]) -> None:
         raise RuntimeError("boom")

@@ -1002,3 +1002,60 @@ def test_cli_reports_a_bad_file_without_a_traceback(engine: Engine, tmp_path: Pa
     human = runner.invoke(app, ["import", "leads", str(write_csv(tmp_path / "ok.csv", [lead_row(1)]))])
     assert human.exit_code == 0, human.output
     assert "1 created, 0 merged, 0 unchanged, 0 rejected of 1 rows" in human.output
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_import_pauses_the_cyclic_garbage_collector_and_restores_it(
+    engine: Engine, tmp_path: Path, enabled: bool
+) -> None:
+    import gc
+    import sys
+
+    path = write_csv(tmp_path / "leads.csv", [lead_row(i) for i in range(30)])
+    during: list[tuple[bool, float]] = []
+    was, interval = gc.isenabled(), sys.getswitchinterval()
+    (gc.enable if enabled else gc.disable)()
+    try:
+        summary = import_leads(
+            engine,
+            path,
+            batch_size=10,
+            workers=1,
+            progress=lambda done, total: during.append((gc.isenabled(), sys.getswitchinterval())),
+        )
+        after = gc.isenabled(), sys.getswitchinterval()
+    finally:
+        (gc.enable if was else gc.disable)()
+    assert summary.created == 30
+    assert during == [(False, pytest.approx(importer.IMPORT_SWITCH_INTERVAL))] * 3
+    assert after == (enabled, interval)
+
+
+def test_packed_worker_results_are_the_rows_validated_in_process() -> None:
+    mapping = importer.build_mapping(HEADERS, None)
+    rows = [(n, lead_row(n, Budget="¥50万" if n % 2 else "1,000.5")) for n in range(2, 12)]
+    rows.append((12, lead_row(12, Phone="12", Email="")))
+    packed = importer._validate_packed(importer.marshal.dumps(rows), mapping, "US", 7)
+    assert importer._unpacked(packed) == importer.validate_chunk(rows, mapping, "US", 7)
+    seen, clean, errors = importer._unpacked(packed)
+    assert seen == 11 and len(clean) == 10 and [e.row for e in errors] == [12]
+    assert {values[importer.BUDGET] for values, _, _ in clean} == {500000.0, 1000.5}
+
+
+def test_overlapping_imports_set_the_interpreter_back_when_the_last_one_ends() -> None:
+    import gc
+    import sys
+
+    was, interval = gc.isenabled(), sys.getswitchinterval()
+    gc.enable()
+    try:
+        first, second = importer.tuned_interpreter(), importer.tuned_interpreter()
+        first.__enter__()
+        second.__enter__()
+        first.__exit__(None, None, None)  # not nested: the first one ends while the second still runs
+        assert not gc.isenabled() and sys.getswitchinterval() == pytest.approx(importer.IMPORT_SWITCH_INTERVAL)
+        second.__exit__(None, None, None)
+        assert gc.isenabled() and sys.getswitchinterval() == interval
+    finally:
+        (gc.enable if was else gc.disable)()
+        sys.setswitchinterval(interval)

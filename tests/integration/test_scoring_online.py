@@ -32,12 +32,19 @@ from tests.integration.test_features import add_events
 FAST = {"num_boost_round": 20}
 
 
-ONLINE_COLUMNS = (*LEAD_ATTRIBUTES, "rep_region_match", "rep_product_match", "rep_daily_capacity", "wait_days")
+ONLINE_COLUMNS = (
+    *LEAD_ATTRIBUTES,
+    "rep_region_match",
+    "rep_product_match",
+    "rep_daily_capacity",
+    "wait_days",
+    *crm_training.REP_HISTORY_COLUMNS,
+)
 
 
 def train_servable(engine: Engine, store: FeatureStore, name: str, *, data_dir: Path, rows: int = 800) -> None:
     """Train and promote ``name`` on the columns the one-row online path builds (CRM attributes, rep
-    columns and feature-store features; not the columns build_frame computes from the event lake)."""
+    columns, the salesperson's record and feature-store features)."""
     ex = crm_training.examples(store, name).iloc[-rows:]
     frame, labels = crm_training.build_frame(engine, store, name, ex)
     features = {d.name for d in store.dictionary.derived}
@@ -101,6 +108,8 @@ def test_online_score_equals_the_batch_score_when_nothing_happened_since(company
     assert {name for name, _ in want.values()} == {"transfer", "convert"}
     for name in crm_training.MODEL_NAMES:  # both models take the one-row path (no DataFrame)
         assert _online_plan(service, name, service.champion_model(name)[1]) is not None
+    convert_plan = _online_plan(service, "convert", service.champion_model("convert")[1])
+    assert convert_plan is not None and len(convert_plan.rep_record) >= 10  # the salesperson's record, served
     for lead_id, (name, expected) in want.items():
         found = service._online_probability(lead_id, company.online, at)
         assert found is not None

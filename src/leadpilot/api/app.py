@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
@@ -10,10 +11,26 @@ from sqlalchemy import Engine, text
 from leadpilot import __version__
 from leadpilot.api.deps import ActorCache
 from leadpilot.api.errors import BodySizeLimit, install_error_handlers
-from leadpilot.api.routes import accounts, auth, contacts, events, leads, scoring, search, tasks, teams, users
+from leadpilot.api.routes import (
+    accounts,
+    auth,
+    contacts,
+    contracts,
+    dashboard,
+    distribution,
+    events,
+    experiments,
+    leads,
+    scoring,
+    search,
+    tasks,
+    teams,
+    users,
+)
 from leadpilot.config import Settings, get_settings
 from leadpilot.crm.events import bus
 from leadpilot.db.engine import get_engine
+from leadpilot.web.routes import router as web_router
 
 API_PREFIX = "/api/v1"
 
@@ -36,9 +53,13 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         bus.configure_redis(settings.redis_url, settings.redis_stream)
 
     api = APIRouter(prefix=API_PREFIX)
-    for module in (auth, users, teams, accounts, contacts, leads, tasks, events, scoring, search):
+    for module in (auth, users, teams, accounts, contacts, leads, tasks, events, scoring, search, experiments):
         api.include_router(module.router)
+    api.include_router(dashboard.router)
+    api.include_router(contracts.router)
+    api.include_router(distribution.router)
     app.include_router(api)
+    app.include_router(web_router)  # the HTML workspace (docs/web.md): the same service functions
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, Any]:
@@ -53,5 +74,14 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
 
 
 def app_from_env() -> FastAPI:
-    """Factory for ``uvicorn --factory`` (used by ``leadpilot serve`` with several workers)."""
-    return create_app()
+    """Factory for ``uvicorn --factory`` (used by ``leadpilot serve`` with several workers).
+
+    The objects alive once the app is built (about 200,000: modules, models, schemas) are moved out of the
+    garbage collector's reach with ``gc.freeze()``: otherwise every full collection scans them all, a
+    100-300 ms stall of the worker every few seconds under load. They are handed back at shutdown.
+    """
+    app = create_app()
+    gc.collect()
+    gc.freeze()
+    app.router.on_shutdown.append(gc.unfreeze)
+    return app

@@ -51,6 +51,26 @@ def demo_scoring(eng: Engine, *, quiet: bool) -> dict[str, Any]:
     return out
 
 
+def demo_distribution(eng: Engine, *, quiet: bool) -> dict[str, Any]:
+    """Rank the claim pool for every salesperson (their personalised pool), without assigning it."""
+    from leadpilot.cli.scoring_crm import _store
+    from leadpilot.distribution.recommend import run_distribution
+
+    say = None if quiet else (lambda message: console.print(f"[dim]{message}[/]"))
+    return run_distribution(eng, _store(), progress=say).to_json()
+
+
+def demo_workflow(eng: Engine) -> dict[str, Any]:
+    """Store the shipped workflow rules (the seed's examples), disabled: `leadpilot workflow enable NAME`."""
+    from leadpilot.crm.access import SYSTEM
+    from leadpilot.workflow.service import install_defaults
+
+    with Session(eng) as session:
+        stored = install_defaults(session, actor=SYSTEM, enable=False)
+        session.commit()
+    return stored
+
+
 def demo_command(
     scale: str = typer.Option("small", "--scale", help="Size of the simulated company (tiny for a quick look)."),
     seed: int = typer.Option(7, "--seed", help="Seed of the simulated company."),
@@ -82,6 +102,8 @@ def demo_command(
 
     features = run_compute(eng, quiet=json_out)
     scoring = demo_scoring(eng, quiet=json_out)
+    distribution = demo_distribution(eng, quiet=json_out)
+    workflow = demo_workflow(eng)
     url = f"http://{host}:{port}"
     data: dict[str, Any] = {
         "url": url,
@@ -92,6 +114,8 @@ def demo_command(
         "import": summary.to_json(),
         "features": features,
         "scoring": scoring,
+        "distribution": distribution,
+        "workflow": workflow,
     }
     if json_out:
         emit_json(data)
@@ -122,6 +146,11 @@ def demo_command(
             )
         for problem in scoring.get("skipped", []):
             console.print(f"scoring skipped: {problem}")
+        console.print(
+            f"claim pool of {distribution['pool']:,} leads ranked for {distribution['salespeople']:,} salespeople "
+            f"by {distribution['ranker'] or 'nothing (empty pool)'}: {distribution['stored']:,} recommendations "
+            "(GET /api/v1/me/recommendations)"
+        )
         console.print(f"\n[bold]leadpilot demo[/] at {url}  (API docs: {url}/docs)")
         console.print(f"logins (also in {logins_file}):")
         for username, password in logins.items():

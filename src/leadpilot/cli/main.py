@@ -5,7 +5,9 @@ from __future__ import annotations
 import typer
 
 from leadpilot import __version__
-from leadpilot.cli import db, distribute, events, features, imports, scoring, scoring_crm, simulate, users
+from leadpilot.cli import contracts as contracts_cli
+from leadpilot.cli import db, distribute, events, experiments, features, imports, scoring, scoring_crm, simulate, users
+from leadpilot.cli import workflow as workflow_cli
 from leadpilot.cli.common import console, emit_json, engine, require_migrated, settings
 from leadpilot.cli.demo import demo_command
 from leadpilot.db import migrate
@@ -25,6 +27,9 @@ app.add_typer(features.app, name="features")
 scoring_crm.register(scoring.app)  # the CRM models' commands beside fit / evaluate
 app.add_typer(scoring.app, name="scoring")
 app.add_typer(distribute.app, name="distribute")
+app.add_typer(workflow_cli.app, name="workflow")
+app.add_typer(experiments.app, name="experiments")
+app.add_typer(contracts_cli.app, name="contracts")
 app.command("demo")(demo_command)
 
 

@@ -97,32 +97,61 @@ def simulate(
 
 @app.command("replay")
 def replay_command(
-    policy: str = typer.Option("round_robin", "--policy", help="random, round_robin, oracle, or all."),
+    policy: str = typer.Option(
+        "round_robin",
+        "--policy",
+        help="random, round_robin, least_busy, score_round_robin, v1_xgb, v2_mmoe, v2_ple, oracle, or all "
+        "(model policies train on the history before the replay).",
+    ),
     days: int = typer.Option(30, "--days", min=1, help="Days to replay after the history."),
     policy_seed: int = typer.Option(0, "--policy-seed", help="Seed of the policy's own randomness."),
     scale: str | None = typer.Option(None, "--scale", help="Default: the last generated company."),
     seed: int | None = typer.Option(None, "--seed", help="Default: the last generated company's."),
+    seeds: int = typer.Option(
+        1, "--seeds", min=1, help="Replay this many companies (seed, seed+1, ...): means with 95 % intervals."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
 ) -> None:
     """Run routing policies forward day by day on the same luck and report CTCVR, CVR, revenue, load."""
     from leadpilot.simulate.replay import POLICIES, ReplayEnv
 
     world = _load_world(scale, seed, None)
-    names = sorted(POLICIES) if policy == "all" else [policy]
+    names = list(POLICIES) if policy == "all" else [policy]
     for name in names:
         if name not in POLICIES:
             fail(f"unknown policy {name!r}; choose one of {', '.join(sorted(POLICIES))} or all")
-    env = ReplayEnv(world, days=days)
-    results = [env.run(POLICIES[name](env, policy_seed)).to_json() for name in names]
+    results = []
+    for offset in range(seeds):
+        env = ReplayEnv(World(world.scale, seed=world.seed + offset, days=world.days) if offset else world, days=days)
+        for name in names:
+            results.append({"world_seed": world.seed + offset} | env.run(POLICIES[name](env, policy_seed)).to_json())
+    if seeds > 1:
+        results = [_over_seeds(name, [r for r in results if r["policy"] == name]) for name in names]
     if json_out:
         emit_json(results[0] if len(results) == 1 else results)
         return
     for r in results:
         console.print(
-            f"{r['policy']:12} CTCVR {r['ctcvr']:.4f}  CVR {r['cvr']:.4f}  revenue/lead "
+            f"{r['policy']:18} CTCVR {r['ctcvr']:.4f}  CVR {r['cvr']:.4f}  revenue/lead "
             f"{r['revenue_per_lead']:.1f}  speed-to-lead {r['speed_to_lead_hours']:.1f} h  load CV "
             f"{r['load_cv']:.2f}  ({r['assigned']} assigned, {r['days']} days)"
         )
+
+
+def _over_seeds(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One policy's replays on several companies: each metric's mean, and its 95 % t-interval as ``<metric>_ci95``."""
+    from scipy import stats
+
+    out: dict[str, Any] = {"policy": name, "seeds": [r["world_seed"] for r in runs]}
+    for key, first in runs[0].items():
+        if isinstance(first, int | float) and not isinstance(first, bool) and key != "world_seed":
+            x = [float(r[key]) for r in runs]
+            mean = sum(x) / len(x)
+            spread = (sum((v - mean) ** 2 for v in x) / (len(x) - 1)) ** 0.5
+            half = float(stats.t.ppf(0.975, len(x) - 1)) * spread / len(x) ** 0.5
+            out[key] = mean
+            out[f"{key}_ci95"] = [mean - half, mean + half]
+    return out
 
 
 @app.command("calibrate")

@@ -18,7 +18,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import Engine, delete, event, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 
 from leadpilot.crm.models import Event, OutboxEntry
 from leadpilot.db.base import utcnow
@@ -52,6 +52,23 @@ class EventType(StrEnum):
     LEAD_MERGED = "lead_merged"
     TASK_CREATED = "task_created"
     TASK_UPDATED = "task_updated"
+    EXPERIMENT_EXPOSURE = "experiment_exposure"
+    # Written by the workflow engine (leadpilot.workflow).
+    WORKFLOW_FIRED = "workflow_fired"
+    WORKFLOW_FAILED = "workflow_failed"
+    WORKFLOW_STOPPED = "workflow_stopped"
+    NOTIFICATION = "notification"
+    CALL_ENQUEUED = "call_enqueued"
+    WEBHOOK_DELIVERED = "webhook_delivered"
+    WEBHOOK_FAILED = "webhook_failed"
+    # Written by contracts and payments (leadpilot.contracts); contract_signed and payment are above.
+    CONTRACT_CREATED = "contract_created"
+    CONTRACT_SENT = "contract_sent"
+    CONTRACT_DECLINED = "contract_declined"
+    CONTRACT_EXPIRED = "contract_expired"
+    CONTRACT_CANCELLED = "contract_cancelled"
+    PAYMENT_REMINDER = "payment_reminder"
+    PAYMENT_OVERDUE = "payment_overdue"
 
 
 # Types an integrator may post directly; the rest are written by the service that makes the change.
@@ -206,8 +223,28 @@ def _as_record(obj: Event | EventRecord) -> EventRecord:
     return EventRecord(obj.id, obj.type, obj.lead_id, obj.actor_id, obj.occurred_at, dict(obj.payload or {}))
 
 
+# Savepoints: SQLAlchemy dispatches after_commit / after_rollback for them too. Events wait for the outermost
+# commit; a savepoint's rollback forgets only the events appended inside it (from its mark).
+_SAVEPOINT_MARKS = "leadpilot_pending_marks"
+
+
+@event.listens_for(Session, "after_transaction_create")
+def _mark_savepoint(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.nested:
+        marks = session.info.setdefault(_SAVEPOINT_MARKS, {})
+        marks[transaction] = len(session.info.get(_PENDING) or [])
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _unmark_savepoint(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.nested:
+        session.info.get(_SAVEPOINT_MARKS, {}).pop(transaction, None)
+
+
 @event.listens_for(Session, "after_commit")
 def _after_commit(session: Session) -> None:
+    if session.in_nested_transaction():
+        return  # a savepoint was released: the outer transaction may still roll back
     pending = session.info.pop(_PENDING, None)
     if not pending:
         return
@@ -221,6 +258,13 @@ def _after_commit(session: Session) -> None:
 
 @event.listens_for(Session, "after_rollback")
 def _after_rollback(session: Session) -> None:
+    savepoint = session.get_nested_transaction()
+    if savepoint is not None:
+        mark = session.info.get(_SAVEPOINT_MARKS, {}).get(savepoint)
+        pending = session.info.get(_PENDING)
+        if pending is not None and mark is not None:
+            del pending[mark:]
+        return
     session.info.pop(_PENDING, None)
 
 

@@ -185,6 +185,24 @@ def delete_lead(session: Session, *, actor: Actor, lead_id: int) -> None:
     audit(session, actor, "delete", "lead", lead_id)
 
 
+def record_milestone(session: Session, event: Event) -> None:
+    """Keep the lead's milestone columns (first move to qualified / assigned / contacted) in step with a
+    ``stage_change`` event, in the same transaction; the dashboard reads them instead of the log."""
+    column = {
+        Stage.QUALIFIED.value: Lead.first_qualified_at,
+        Stage.ASSIGNED.value: Lead.first_assigned_at,
+        Stage.CONTACTED.value: Lead.first_contacted_at,
+    }.get(str((event.payload or {}).get("to")))
+    if column is None or event.lead_id is None:
+        return
+    session.execute(
+        update(Lead)
+        .where(Lead.id == event.lead_id, column.is_(None) | (column > event.occurred_at))
+        .values({column.key: event.occurred_at, "updated_at": Lead.updated_at})  # a cache: not an edit
+        .execution_options(synchronize_session=False)
+    )
+
+
 def _flush_versioned(session: Session, lead_id: int) -> None:
     try:
         session.flush()
@@ -214,13 +232,14 @@ def change_stage(session: Session, *, actor: Actor, lead_id: int, stage: Stage, 
     if target is Stage.RECYCLED:
         lead.owner_id = None  # back to the claim pool
     _flush_versioned(session, lead_id)
-    append_event(
+    moved = append_event(
         session,
         EventType.STAGE_CHANGE,
         lead_id=lead.id,
         actor_id=actor.id,
         payload={"from": previous, "to": target.value, "reason": reason, "owner_id": previous_owner},
     )
+    record_milestone(session, moved)
     audit(session, actor, "stage_change", "lead", lead.id, {"from": previous, "to": target.value})
     return lead
 
@@ -311,13 +330,14 @@ def claim_lead(
         raise _pool_miss_reason(session, actor, lead_id)
     lead = session.get_one(Lead, lead_id, populate_existing=True)
     append_event(session, EventType.CLAIM, lead_id=lead_id, actor_id=actor.id, payload={"owner_id": actor.id})
-    append_event(
+    moved = append_event(
         session,
         EventType.STAGE_CHANGE,
         lead_id=lead_id,
         actor_id=actor.id,
         payload={"from": "pool", "to": Stage.ASSIGNED.value, "reason": "claim", "owner_id": None},
     )
+    record_milestone(session, moved)
     if policy.daily_limit is not None:
         _check_daily_limit(session, actor, policy.daily_limit, now)
     audit(session, actor, "claim", "lead", lead_id)
@@ -450,12 +470,13 @@ def assign_lead(session: Session, *, actor: Actor, lead_id: int, owner_id: int, 
         payload={"from": previous_owner, "to": owner_id, "reason": reason},
     )
     if previous_stage != lead.stage:
-        append_event(
+        moved = append_event(
             session,
             EventType.STAGE_CHANGE,
             lead_id=lead_id,
             actor_id=actor.id,
             payload={"from": previous_stage, "to": lead.stage, "reason": "assign", "owner_id": previous_owner},
         )
+        record_milestone(session, moved)
     audit(session, actor, "assign", "lead", lead_id, {"from": previous_owner, "to": owner_id})
     return lead

@@ -190,6 +190,21 @@ class Lead(TimestampMixin, Base):
         # Filtered lead lists in the default order (newest first) read one index range, no sort (migration 0002).
         Index("ix_leads_region_created_at", "region", "created_at", "id"),
         Index("ix_leads_product_line_created_at", "product_line", "created_at", "id"),
+        # Covers every column the dashboard reads (crm.dashboard; migration 0009): its grouped queries scan this
+        # narrow index instead of the wide rows.
+        Index(
+            "ix_leads_dashboard",
+            "stage",
+            "owner_id",
+            "product_line",
+            "region",
+            "budget",
+            "created_at",
+            "team_id",
+            "first_qualified_at",
+            "first_assigned_at",
+            "first_contacted_at",
+        ),
         AUTOINCREMENT,
     )
 
@@ -214,6 +229,11 @@ class Lead(TimestampMixin, Base):
     priority: Mapped[str | None] = mapped_column(String(10))
     notes: Mapped[str] = mapped_column(Text, nullable=False, default="")
     external_id: Mapped[str | None] = mapped_column(String(120), index=True)
+    # Milestones, a cache of the event log (migration 0009): when a stage_change event first moved the lead to
+    # qualified / assigned / contacted; written with the event by crm.leads, read by the dashboard.
+    first_qualified_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    first_assigned_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    first_contacted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # Bumped on every change; lets clients detect a concurrent edit (optimistic locking).
     version: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
 
@@ -322,6 +342,9 @@ class ImportedRow(Base):
 
 
 # The feature pipeline's tables share this metadata (migrations and the models-vs-schema test see them).
+from leadpilot.contracts import tables as _contract_tables  # noqa: E402, F401
 from leadpilot.distribution import tables as _distribution_tables  # noqa: E402, F401
+from leadpilot.experiments import tables as _experiment_tables  # noqa: E402, F401
 from leadpilot.features import models as _feature_models  # noqa: E402, F401
 from leadpilot.models import tables as _scoring_tables  # noqa: E402, F401
+from leadpilot.workflow import tables as _workflow_tables  # noqa: E402, F401

@@ -99,28 +99,54 @@ def _assigned_today(session: Session, start: datetime) -> dict[int, int]:
 
 
 def recall(pool: pd.DataFrame, reps: pd.DataFrame, *, per_lead: int = 10) -> pd.DataFrame:
-    """Eligible (lead_id, user_id) pairs by skills and capacity; at most ``per_lead`` per lead, least loaded first."""
+    """Eligible (lead_id, user_id) pairs by skills and capacity: at most ``per_lead`` per lead, spread evenly.
+
+    A salesperson is eligible when their regions and product lines cover the lead (an empty list covers
+    everything) and they have capacity left today; when nobody covers the lead's region, those who cover
+    its product line are, and when nobody does either, everyone with capacity (as the simulated company's
+    round robin does: a lead nobody covers is not left in the pool for ever). Leads of one kind (region,
+    product line) take their candidates in turn from everyone eligible for that kind, the one with most
+    capacity left first, so every eligible salesperson is recalled for about the same number of leads
+    instead of the same few for all.
+    """
     available = reps[reps.left > 0].sort_values(["left", "user_id"], ascending=[False, True])
-    pairs: list[tuple[int, int]] = []
-    for lead_id, region, product in zip(pool.lead_id, pool.region, pool.product_line, strict=True):
-        chosen = 0
-        for user_id, regions, products in zip(
-            available.user_id, available.regions, available.product_lines, strict=True
-        ):
-            if (not regions or region in regions) and (not products or product in products):
-                pairs.append((int(lead_id), int(user_id)))
-                chosen += 1
-                if chosen >= per_lead:
-                    break
-    return pd.DataFrame(pairs, columns=["lead_id", "user_id"])
+    user_ids = available.user_id.to_numpy(dtype=np.int64)
+    regions = [set(r or []) for r in available.regions]
+    products = [set(p or []) for p in available.product_lines]
+    kinds: dict[tuple[Any, Any], list[int]] = {}
+    for position, key in enumerate(zip(pool.region, pool.product_line, strict=True)):
+        kinds.setdefault(key, []).append(position)
+    lead_ids = pool.lead_id.to_numpy(dtype=np.int64)
+    leads_out: list[np.ndarray] = []
+    users_out: list[np.ndarray] = []
+    for (region, product), positions in kinds.items():
+        sells = np.array([not p or product in p for p in products], dtype=bool)
+        covers = np.array([not r or region in r for r in regions], dtype=bool)
+        eligible = user_ids[covers & sells] if (covers & sells).any() else user_ids[sells] if sells.any() else user_ids
+        if not len(eligible) or per_lead <= 0:
+            continue
+        take = min(per_lead, len(eligible))
+        turn = np.arange(len(positions))[:, None] * take + np.arange(take)[None, :]
+        leads_out.append(np.repeat(lead_ids[positions], take))
+        users_out.append(eligible[turn % len(eligible)].ravel())
+    if not leads_out:
+        return pd.DataFrame({"lead_id": np.zeros(0, np.int64), "user_id": np.zeros(0, np.int64)})
+    pairs = pd.DataFrame({"lead_id": np.concatenate(leads_out), "user_id": np.concatenate(users_out)})
+    return pairs.sort_values("lead_id", kind="stable").reset_index(drop=True)
 
 
 def score_pairs(
-    service: ScoringService, pairs: pd.DataFrame, pool: pd.DataFrame, now: datetime
+    service: ScoringService, pairs: pd.DataFrame, pool: pd.DataFrame, now: datetime, *, model_name: str = "convert"
 ) -> tuple[np.ndarray, str]:
-    """p(convert) per pair from the convert champion (lead score when there is none), and which ranker."""
+    """p(convert) per pair from the ``model_name`` champion (lead score when there is none), and which ranker."""
+    if model_name != "convert":  # a V2 multi-task champion (mmoe / ple) is served by ranking_v2 with ONNX Runtime
+        from leadpilot.distribution import ranking_v2
+
+        v2 = ranking_v2.multitask_champion(service.engine, model_name)
+        if v2 is not None:
+            return ranking_v2.score_pairs_v2(service, pairs, now, row=v2)
     try:
-        row, model = service.champion_model("convert")
+        row, model = service.champion_model(model_name)
     except NoChampion:
         fallback = pool.set_index("lead_id").score.reindex(pairs.lead_id).fillna(0.5).to_numpy()
         return fallback.astype(np.float64), "lead score (no convert model promoted)"
@@ -137,7 +163,7 @@ def score_pairs(
         leads["qualified_at"] = qualified.reindex(leads.index).fillna(pd.Timestamp(now)).to_numpy()
         frame = service._frames("convert", leads, now, model)
         p[idx] = model.predict_proba(frame)
-    return p, f"convert v{row.version}"
+    return p, f"{model_name} v{row.version}"
 
 
 def run_distribution(
@@ -150,8 +176,10 @@ def run_distribution(
     assign: bool = False,
     actor: Actor = SYSTEM,
     progress: Progress | None = None,
+    ranker: str = "convert",
 ) -> DistributionRun:
-    """Recall, rank and store every salesperson's ranked pool; assign it too with ``assign``."""
+    """Recall, rank and store every salesperson's ranked pool (``ranker``: the champion that scores the pairs,
+    convert, mmoe or ple); assign it too with ``assign``."""
     started = datetime.now(UTC)
     now = now or started
     say = progress or (lambda _m: None)
@@ -171,7 +199,7 @@ def run_distribution(
         run.seconds = (datetime.now(UTC) - started).total_seconds()
         return run
     service = ScoringService(engine, store)
-    p, run.ranker = score_pairs(service, pairs, pool, now)
+    p, run.ranker = score_pairs(service, pairs, pool, now, model_name=ranker)
     budgets = pool.set_index("lead_id").budget
     deal = budgets.reindex(pairs.lead_id).fillna(budgets.median() if budgets.notna().any() else 1.0).to_numpy()
     pairs = pairs.assign(p=p, value=p * np.maximum(deal, 0.0))

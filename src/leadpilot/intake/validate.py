@@ -117,6 +117,14 @@ def fingerprint(values: CleanValues) -> str:
 
 def parse_amount(text: str) -> float:
     """A non-negative amount from text like '500,000', '¥50万', '1.2k', '3 000 元'."""
+    try:  # the common case, a plain number: what float() reads has no noise or suffix for the rules below
+        value = float(text)
+    except ValueError:
+        pass
+    else:
+        if not 0 <= value <= MAX_AMOUNT:  # also false for NaN
+            raise ValueError("negative, not finite or too large")
+        return value
     cleaned = _NUMBER_NOISE.sub("", text.strip())
     factor = 1.0
     if cleaned and cleaned[-1].lower() in _MULTIPLIERS:

@@ -114,6 +114,10 @@ for _scope in ("product", "size"):
         ATTRIBUTE_LABELS[f"rep_{_what}_{_scope}_vs_all"] = (
             f"{ATTRIBUTE_LABELS[f'rep_{_what}_{_scope}']} compared with their overall"
         )
+# The columns _rep_history computes (the rest of the rep_ columns come from the CRM row: _rep_columns).
+REP_HISTORY_COLUMNS = tuple(
+    c for c in ATTRIBUTE_LABELS if c.startswith(("rep_closed_", "rep_win_rate_", "rep_followup", "rep_reply_rate_"))
+)
 
 
 def _events(store: FeatureStore, where: str) -> pd.DataFrame:
@@ -430,6 +434,56 @@ def _rep_history(store: FeatureStore, ex: pd.DataFrame, leads: pd.DataFrame) -> 
             if scope != "all":
                 out[f"rep_{what}_{scope}_vs_all"] = np.log(ratio(value, overall[what])).to_numpy()
     return out.replace([np.inf, -np.inf], np.nan)
+
+
+# The online scorer's salesperson records: (store root, lake state, day) -> records by (rep, product line, size).
+_RECORD_TABLES: dict[str, tuple[tuple[Any, ...], datetime, dict[tuple[int, str, str], dict[str, float]]]] = {}
+
+
+def rep_record(
+    store: FeatureStore, *, rep: int, product_line: str | None, company_size: str | None, at: datetime
+) -> dict[str, float]:
+    """One salesperson's :func:`_rep_history` columns for a lead of this product line and size, decided at ``at``.
+
+    The online scorer calls this per request: the records of every salesperson × product line × company size
+    for ``at``'s day are computed together once per lake sync and day (a few thousand rows, one vectorised
+    pass) and then looked up; a combination not in that table (a salesperson with no history yet) is
+    computed alone and kept.
+    """
+    day = pd.Timestamp(at).tz_convert("UTC").floor("D").to_pydatetime()
+    state = _lake_state(store)
+    cached = _RECORD_TABLES.get(str(store.root))
+    if cached is None or cached[0] != state or cached[1] != day:
+        cumulative = _rep_cumulative(store)
+        reps = cumulative["all"]["rep"].unique()
+        products = sorted(set(cumulative["product"]["product_line"]) | {""})
+        sizes = sorted(set(cumulative["size"]["company_size"]) | {""})
+        grid = pd.MultiIndex.from_product([reps, products, sizes], names=["rep", "product_line", "company_size"])
+        cached = (state, day, _records_for(store, grid.to_frame(index=False), day))
+        _RECORD_TABLES.clear()
+        _RECORD_TABLES[str(store.root)] = cached
+    key = (int(rep), product_line or "", company_size or "")
+    table = cached[2]
+    if key not in table:
+        one = pd.DataFrame({"rep": [key[0]], "product_line": [key[1]], "company_size": [key[2]]})
+        table.update(_records_for(store, one, day))
+    return table[key]
+
+
+def _records_for(
+    store: FeatureStore, keys: pd.DataFrame, day: datetime
+) -> dict[tuple[int, str, str], dict[str, float]]:
+    """:func:`_rep_history` for (rep, product_line, company_size) rows decided at ``day``, by key."""
+    ex = pd.DataFrame(
+        {TIME_COLUMN: pd.Series([pd.Timestamp(day)] * len(keys), dtype="datetime64[us, UTC]"), "owner_id": keys["rep"]}
+    )
+    history = _rep_history(store, ex, keys[["product_line", "company_size"]])
+    values = history.to_numpy(dtype=np.float64)
+    columns = list(history.columns)
+    return {
+        (int(r), str(p), str(s)): dict(zip(columns, row.tolist(), strict=True))
+        for r, p, s, row in zip(keys["rep"], keys["product_line"], keys["company_size"], values, strict=True)
+    }
 
 
 @dataclass

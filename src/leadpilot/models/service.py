@@ -325,8 +325,18 @@ class ScoringService:
         for position, column in plan.numeric:
             value = values.get(column)
             out[position] = np.nan if value is None else float(value)
+        if plan.rep_record:
+            record = crm_training.rep_record(
+                self.store,
+                rep=int(owner),
+                product_line=lead["product_line"],
+                company_size=lead["company_size"],
+                at=at,
+            )
+            for position, column in plan.rep_record:
+                out[position] = record[column]
         for position, spec in plan.categorical:
-            _encode_categorical(out, position, spec, values.get(spec.name))
+            _encode_categorical(plan, out, position, spec, values.get(spec.name))
         decided = at.astimezone(UTC)  # the frame's time column: ``at`` as naive UTC
         for position, part in plan.time_parts:
             if part == "month":
@@ -454,6 +464,8 @@ class _OnlinePlan:
     numeric: list[tuple[int, str]]  # (position, CRM column)
     categorical: list[tuple[int, ColumnSpec]]
     time_parts: list[tuple[int, str]]  # (position, part) of the decision time column (month, dow, hour)
+    rep_record: list[tuple[int, str]] = field(default_factory=list)  # (position, crm_training.rep_record column)
+    encoded: dict[tuple[int, Any], np.ndarray] = field(default_factory=dict)  # (position, value) -> encoder's row
 
 
 _PLANS: weakref.WeakKeyDictionary[ScoringModel, tuple[str, int, _OnlinePlan | None]] = weakref.WeakKeyDictionary()
@@ -491,6 +503,8 @@ def _plan_and_blockers(store: FeatureStore, name: str, model: ScoringModel) -> t
     numeric: list[tuple[int, str]] = []
     categorical: list[tuple[int, ColumnSpec]] = []
     time_parts: list[tuple[int, str]] = []
+    rep_record: list[tuple[int, str]] = []
+    record_columns = set(crm_training.REP_HISTORY_COLUMNS) if name == "convert" else set()
     for spec, positions in model.encoder.groups():
         position = int(positions[0])
         if spec.name in crm_columns and spec.name in by_name:
@@ -500,6 +514,8 @@ def _plan_and_blockers(store: FeatureStore, name: str, model: ScoringModel) -> t
             features.setdefault(dimension, []).append((position, feature_id))
         elif spec.kind == "numeric" and spec.name in crm_columns and spec.name in _NUMERIC_CRM_COLUMNS:
             numeric.append((position, spec.name))
+        elif spec.kind == "numeric" and spec.name in record_columns and spec.name not in by_name:
+            rep_record.append((position, spec.name))
         elif spec.kind == "categorical" and spec.name in crm_columns and spec.name not in _NUMERIC_CRM_COLUMNS:
             categorical.append((position, spec))
         elif spec.kind == "datetime" and spec.name == TIME_COLUMN and set(spec.parts) <= {"month", "dow", "hour"}:
@@ -521,6 +537,7 @@ def _plan_and_blockers(store: FeatureStore, name: str, model: ScoringModel) -> t
         numeric,
         categorical,
         time_parts,
+        rep_record,
     )
     return plan, []
 
@@ -569,7 +586,18 @@ def _rep_values(lead: dict[str, Any], at: datetime) -> dict[str, Any]:
     }
 
 
-def _encode_categorical(out: np.ndarray, position: int, spec: ColumnSpec, value: Any) -> None:
-    """The encoder's own categorical encoding of one value, written into the row at ``position``."""
-    row = TabularEncoder._categorical(spec, pd.Series([value], dtype=object))[0]
+_MAX_ENCODED = 50_000  # cached category encodings per plan (CRM categories are few; a bound all the same)
+
+
+def _encode_categorical(plan: _OnlinePlan, out: np.ndarray, position: int, spec: ColumnSpec, value: Any) -> None:
+    """The encoder's own categorical encoding of one value, written into the row at ``position``.
+
+    Cached per plan and value: the encoder's pandas code costs about 1 ms per call, the lookup microseconds.
+    """
+    key = (position, value if value is None or isinstance(value, str) else repr(value))
+    row = plan.encoded.get(key)
+    if row is None:
+        row = TabularEncoder._categorical(spec, pd.Series([value], dtype=object))[0]
+        if len(plan.encoded) < _MAX_ENCODED:
+            plan.encoded[key] = row
     out[position : position + len(row)] = row

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from leadpilot.auth.security import hash_password
 from leadpilot.crm.access import SYSTEM
 from leadpilot.crm.audit import audit
+from leadpilot.crm.dashboard import backfill_milestones
 from leadpilot.crm.models import Account, Contact, Lead, Role, Team, TeamKind, User
 from leadpilot.crm.normalise import company_key
 from leadpilot.db.bulk import bulk_insert, refresh_statistics, reserve_ids
@@ -196,6 +197,8 @@ def generate(
             event_types.update(batch.counts())
             if progress:
                 progress(min(start + CHUNK_LEADS, n), n)
+    with engine.begin() as conn:  # the bulk path bypasses crm.leads: the dashboard's milestones from the log
+        backfill_milestones(conn)
     refresh_statistics(engine)
     truth_path = data_dir / "simulation" / "truth.npz"
     world.save_truth(

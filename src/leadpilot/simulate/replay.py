@@ -259,9 +259,16 @@ class OraclePolicy:
         return pairs
 
 
+from leadpilot.simulate import policies as _policies  # noqa: E402  (they build on the views above)
+
 POLICIES: dict[str, Callable[[ReplayEnv, int], Policy]] = {
     "random": lambda env, seed: RandomPolicy(seed),
     "round_robin": lambda env, seed: RoundRobinPolicy(),
+    "least_busy": lambda env, seed: _policies.make_least_busy(env, seed),
+    "score_round_robin": lambda env, seed: _policies.make_score_round_robin(env, seed),
+    "v1_xgb": lambda env, seed: _policies.make_v1_xgb(env, seed),
+    "v2_mmoe": lambda env, seed: _policies.make_v2_mmoe(env, seed),
+    "v2_ple": lambda env, seed: _policies.make_v2_ple(env, seed),
     "oracle": lambda env, seed: OraclePolicy(env),
 }
 

@@ -1,0 +1,1 @@
+"""The workflow engine: rules triggered by events or time, durable timers, idempotent actions, webhooks."""
