@@ -905,7 +905,18 @@ def test_admin_runs_the_distribution_over_the_api(env: Env) -> None:
     assert ranked["pool"] == 2 and ranked["pairs"] > 0 and ranked["stored"] > 0 and ranked["assigned"] == 0
     recs = env.client.get(f"{API}/me/recommendations", headers=env.as_("alice")).json()["items"]
     assert {x["lead_id"] for x in recs} <= pool and [x["rank"] for x in recs] == sorted(x["rank"] for x in recs)
+    # Nobody on shift now (a one-minute shift twelve hours away): nothing is assigned, the pool waits.
+    away = (datetime.now(UTC) + timedelta(hours=12)).strftime("%H:%M")
+    later = (datetime.now(UTC) + timedelta(hours=12, minutes=1)).strftime("%H:%M")
+    with env.engine.begin() as conn:
+        hours = {"a": away, "b": later}
+        conn.execute(text("UPDATE users SET work_start = :a, work_end = :b, time_zone = 'UTC'"), hours)
     r = env.client.post(f"{API}/distribution/runs", json={"assign": True}, headers=env.as_("admin"))
+    assert r.status_code == 200, r.text
+    assert r.json()["assigned"] == 0 and r.json()["off_shift"] > 0
+    r = env.client.post(
+        f"{API}/distribution/runs", json={"assign": True, "working_hours": False}, headers=env.as_("admin")
+    )
     assert r.status_code == 200, r.text
     assert r.json()["assigned"] == 2
     owners = {lead(env, name)["owner_id"] for name in ("pool", "pool2")}
@@ -914,7 +925,7 @@ def test_admin_runs_the_distribution_over_the_api(env: Env) -> None:
     assert not {x["id"] for x in r.json()["items"]} & pool
     with Session(env.engine) as s:
         runs = s.scalars(select(AuditEntry).where(AuditEntry.action == "distribution_run")).all()
-    assert [e.detail["assign"] for e in runs] == [False, True]
+    assert [e.detail["assign"] for e in runs] == [False, True, True]
 
 
 def test_salesperson_cannot_work_someone_elses_lead(env: Env) -> None:

@@ -312,7 +312,7 @@ def test_distribution_ranks_each_salespersons_pool_and_assigns_under_capacity(co
             .select_from(Lead)
             .where(Lead.owner_id.is_(None), Lead.stage.in_(["qualified", "recycled"]))
         )
-    assigned = run_distribution(company.engine, company.store, per_lead=3, assign=True)
+    assigned = run_distribution(company.engine, company.store, per_lead=3, assign=True, working_hours=False)
     assert assigned.assigned > 0 and assigned.assignment["method"] == "exact"
     with Session(company.engine) as s:
         pool_after = s.scalar(

@@ -868,3 +868,323 @@ def test_contract_summaries_on_sqlite_and_postgresql(engine: Engine, settings: S
         assert plan_summary(s, [made.id])[made.id]["overdue"] == 1
         assert [c.id for c in overdue_contracts(s, actor=sup_east)] == [made.id]
         assert overdue_contracts(s, actor=wendy) == []
+
+
+# --- admin pages that manage: users and teams, model registry actions (issue #7) -----------------------------
+
+
+def _user_row(engine: Engine, username: str) -> dict[str, Any] | None:
+    from leadpilot.crm.models import User
+
+    with Session(engine) as s:
+        user = s.scalar(select(User).where(User.username == username))
+        if user is None:
+            return None
+        fields = ("role", "full_name", "email", "team_id", "product_lines", "regions", "daily_capacity")
+        return {f: getattr(user, f) for f in (*fields, "work_start", "work_end", "time_zone", "is_active")}
+
+
+def _audits(engine: Engine, entity: str) -> list[tuple[str, int | None, dict[str, Any]]]:
+    with Session(engine) as s:
+        rows = s.scalars(select(AuditEntry).where(AuditEntry.entity == entity).order_by(AuditEntry.id))
+        return [(a.action, a.entity_id, a.detail) for a in rows]
+
+
+def test_user_created_by_the_form_equals_the_service(
+    browser: Callable[[str | None], Browser], org: Org, sqlite_engine: Engine
+) -> None:
+    from leadpilot.crm import people
+    from leadpilot.crm.models import User
+
+    admin = browser("admin")
+    east = org.teams["east"]
+    form = {
+        "username": "carol",
+        "password": "long-enough-1",
+        "role": "sales",
+        "full_name": "Carol Chen",
+        "email": "",
+        "team_id": str(east),
+        "product_lines": "cars, homes",
+        "regions": "north",
+        "daily_capacity": "35",
+        "work_start": "08:30",
+        "work_end": "17:30",
+        "time_zone": "Asia/Shanghai",
+    }
+    made = admin.post_form("/admin/users", "/admin/users", form)
+    assert made.status_code == 303 and "done=user_created" in made.headers["location"]
+    with Session(sqlite_engine) as s:
+        people.create_user(
+            s,
+            actor=org.actor("admin"),
+            data=schemas.UserCreate(
+                username="dave",
+                password="long-enough-1",
+                role="sales",
+                full_name="Carol Chen",
+                team_id=east,
+                product_lines=["cars", "homes"],
+                regions=["north"],
+                daily_capacity=35,
+                work_start="08:30",
+                work_end="17:30",
+                time_zone="Asia/Shanghai",
+            ),
+        )
+        s.commit()
+        ids = {u.username: u.id for u in s.scalars(select(User).where(User.username.in_(["carol", "dave"])))}
+    assert _user_row(sqlite_engine, "carol") == _user_row(sqlite_engine, "dave")
+    trail = {d["username"]: (a, entity_id, d) for a, entity_id, d in _audits(sqlite_engine, "user") if a == "create"}
+    assert trail["carol"] == ("create", ids["carol"], {"username": "carol", "role": "sales"})
+    assert trail["dave"][0] == "create" and set(trail["dave"][2]) == set(trail["carol"][2])
+    page = admin.get(made.headers["location"]).text
+    assert "User created: carol" in page and f'data-user="{ids["carol"]}"' in page
+    carol = browser(None)  # the new user signs in with the password typed in the form
+    login = {"username": "carol", "password": "long-enough-1", "csrf_token": csrf_of(carol.get("/login").text)}
+    assert carol.client.post("/login", data=login).status_code == 303
+    assert carol.get("/queue").status_code == 200
+
+
+def test_bad_user_and_team_forms_show_errors_keep_values_and_write_nothing(
+    browser: Callable[[str | None], Browser], org: Org, sqlite_engine: Engine
+) -> None:
+    import html
+
+    admin = browser("admin")
+    before = len(_audits(sqlite_engine, "user")), len(_audits(sqlite_engine, "team"))
+    short = admin.post_form(
+        "/admin/users",
+        "/admin/users",
+        {"username": "erin", "password": "short", "role": "sales", "full_name": "Erin Typed", "time_zone": "UTC"},
+    )
+    assert short.status_code == 422
+    text = html.unescape(short.text)
+    assert 'data-error="password"' in text and "at least 8 characters" in text
+    assert 'value="erin"' in text and 'value="Erin Typed"' in text
+    unknown_team = admin.post_form(
+        "/admin/users",
+        "/admin/users",
+        {"username": "erin", "password": "long-enough-1", "role": "sales", "team_id": "9999"},
+    )
+    assert unknown_team.status_code == 422
+    assert 'data-error="team_id"' in unknown_team.text and "team_id 9999 does not exist" in unknown_team.text
+    zone = admin.post_form(
+        "/admin/users",
+        "/admin/users",
+        {"username": "erin", "password": "long-enough-1", "role": "sales", "time_zone": "Mars/Base"},
+    )
+    assert zone.status_code == 422 and "unknown time zone" in html.unescape(zone.text)
+    taken = admin.post_form("/admin/users", "/admin/users", {"username": "alice", "password": "x" * 9, "role": "sales"})
+    assert taken.status_code == 409 and 'data-error="username"' in taken.text
+    bad_hours = admin.post_form("/admin/users", f"/admin/users/{org.users['bob'].id}", {"work_start": "25:00"})
+    assert bad_hours.status_code == 422 and 'data-error="work_start"' in bad_hours.text
+    assert 'value="25:00"' in bad_hours.text  # the value as typed, in bob's open edit form
+    loop = admin.post_form("/admin/users", f"/admin/teams/{org.teams['sales']}", {"parent_id": str(org.teams["east"])})
+    assert loop.status_code == 409 and "cannot be moved under itself" in loop.text
+    blank = admin.post_form("/admin/users", "/admin/teams", {"name": "", "kind": "sales"})
+    assert blank.status_code == 422 and 'data-error="name"' in blank.text
+    assert _user_row(sqlite_engine, "erin") is None
+    assert (len(_audits(sqlite_engine, "user")), len(_audits(sqlite_engine, "team"))) == before
+
+
+def test_edit_deactivate_and_teams_via_the_forms(
+    browser: Callable[[str | None], Browser], app: Any, org: Org, sqlite_engine: Engine
+) -> None:
+    from leadpilot.crm.models import Team
+
+    admin = browser("admin")
+    bob_id = org.users["bob"].id
+    edited = admin.post_form(
+        "/admin/users",
+        f"/admin/users/{bob_id}",
+        {"team_id": str(org.teams["west"]), "daily_capacity": "7", "regions": "south, west", "role": "sales"},
+    )
+    assert edited.status_code == 303
+    row = _user_row(sqlite_engine, "bob")
+    assert row is not None and (row["team_id"], row["daily_capacity"], row["regions"]) == (
+        org.teams["west"],
+        7,
+        ["south", "west"],
+    )
+    action, entity_id, detail = _audits(sqlite_engine, "user")[-1]
+    assert (action, entity_id) == ("update", bob_id) and set(detail) == {"team_id", "daily_capacity", "regions"}
+    bob = browser("bob")
+    assert bob.get("/queue").status_code == 200
+    gone = admin.post_form("/admin/users", f"/admin/users/{bob_id}/deactivate", {})
+    assert gone.status_code == 303 and "done=user_deactivated" in gone.headers["location"]
+    assert _audits(sqlite_engine, "user")[-1][:2] == ("deactivate", bob_id)
+    assert bob.get("/queue").status_code == 303  # the session ends at once (cached actors forgotten)
+    self_off = admin.post_form("/admin/users", f"/admin/users/{org.users['admin'].id}/deactivate", {})
+    assert self_off.status_code == 409 and "cannot deactivate yourself" in self_off.text
+
+    made = admin.post_form(
+        "/admin/users", "/admin/teams", {"name": "north", "kind": "sales", "parent_id": str(org.teams["sales"])}
+    )
+    assert made.status_code == 303
+    with Session(sqlite_engine) as s:
+        north = s.scalar(select(Team).where(Team.name == "north"))
+        assert north is not None and north.parent_id == org.teams["sales"]
+    assert _audits(sqlite_engine, "team")[-1] == ("create", north.id, {"name": "north"})
+    moved = admin.post_form(
+        "/admin/users",
+        f"/admin/teams/{north.id}",
+        {"name": "north-2", "kind": "opportunity", "parent_id": "", "fields": "name,kind,parent_id"},
+    )
+    assert moved.status_code == 303
+    with Session(sqlite_engine) as s:
+        team = s.get_one(Team, north.id)
+        assert (team.name, team.kind, team.parent_id) == ("north-2", "opportunity", None)
+    assert _audits(sqlite_engine, "team")[-1][:2] == ("update", north.id)
+    assert "新建团队" in admin.get("/admin/users?lang=zh").text
+
+
+def test_users_page_roles_and_supervisor_limits(
+    browser: Callable[[str | None], Browser], org: Org, sqlite_engine: Engine
+) -> None:
+    assert browser("alice").get("/admin/users").status_code == 403
+    alice = browser("alice")
+    alice.client.cookies.set(CSRF_COOKIE, "t")
+    refused = alice.client.post("/admin/users", data={"username": "x1", "password": "y" * 9, "role": "admin"})
+    assert refused.status_code == 403  # no token
+    assert (
+        alice.client.post(
+            "/admin/users", data={"username": "x1", "password": "y" * 9, "role": "admin", "csrf_token": "t"}
+        ).status_code
+        == 403
+    )  # right token, wrong role
+    sup = browser("sup_east")
+    page = sup.get("/admin/users")
+    alice_id, wendy_id = org.users["alice"].id, org.users["wendy"].id
+    assert page.status_code == 200 and 'data-testid="new-user"' not in page.text
+    assert f'data-testid="edit-user-{alice_id}"' in page.text and 'name="role"' not in page.text
+    assert 'data-testid="new-team"' not in page.text and "deactivate-" not in page.text
+    ok = sup.post_form("/admin/users", f"/admin/users/{alice_id}", {"daily_capacity": "3", "work_end": "16:00"})
+    assert ok.status_code == 303
+    row = _user_row(sqlite_engine, "alice")
+    assert row is not None and (row["daily_capacity"], row["work_end"]) == (3, "16:00")
+    role = sup.post_form("/admin/users", f"/admin/users/{alice_id}", {"role": "admin"})
+    assert role.status_code == 403 and "only an admin may change role" in role.text
+    other = sup.post_form("/admin/users", f"/admin/users/{wendy_id}", {"daily_capacity": "1"})
+    assert other.status_code == 404  # outside the subtree: as the API, never revealed
+    created = sup.post_form("/admin/users", "/admin/users", {"username": "x2", "password": "y" * 9, "role": "sales"})
+    assert created.status_code == 403 and "only an admin may create users" in created.text
+    team = sup.post_form("/admin/users", "/admin/teams", {"name": "mine", "kind": "sales"})
+    assert team.status_code == 403 and "only an admin may create teams" in team.text
+    off = sup.post_form("/admin/users", f"/admin/users/{alice_id}/deactivate", {})
+    assert off.status_code == 403
+    assert _user_row(sqlite_engine, "x1") is None and _user_row(sqlite_engine, "x2") is None
+    row = _user_row(sqlite_engine, "alice")
+    assert row is not None and row["role"] == "sales" and row["is_active"]
+    admin = browser("admin")
+    for action, data in (
+        ("/admin/users", {"username": "x3", "password": "y" * 9, "role": "sales"}),
+        (f"/admin/users/{alice_id}", {"daily_capacity": "1"}),
+        (f"/admin/users/{alice_id}/deactivate", {}),
+        ("/admin/teams", {"name": "t", "kind": "sales"}),
+        (f"/admin/teams/{org.teams['east']}", {"name": "t"}),
+        ("/admin/models/transfer/1/promote", {}),
+        ("/admin/models/transfer/rollback", {}),
+        ("/admin/models/transfer/1/challenger", {}),
+    ):
+        assert admin.client.post(action, data={**data, "csrf_token": "forged"}).status_code == 403, action
+        assert admin.client.post(action, data=data).status_code == 403, action
+    row = _user_row(sqlite_engine, "alice")
+    assert row is not None and row["daily_capacity"] == 3 and row["is_active"]
+
+
+def _register_versions(engine: Engine, settings: Settings, tmp_path: Any, name: str, n: int) -> None:
+    from leadpilot.models import registry
+
+    source = tmp_path / f"{name}-model"
+    source.mkdir()
+    (source / "model.json").write_text("{}")
+    with Session(engine) as s:
+        for i in range(n):
+            meta = {"metrics": {"auc": 0.6 + i / 100}, "data_range": {"n_train": 10, "n_test": 5}}
+            registry.register(s, actor=SYSTEM, name=name, source=source, data_dir=settings.data_dir, meta=meta)
+        s.commit()
+
+
+def _statuses(engine: Engine, name: str) -> dict[int, str]:
+    from leadpilot.models import registry
+
+    with Session(engine) as s:
+        return {v.version: v.status for v in registry.list_versions(s, name=name)}
+
+
+def test_models_page_promotes_and_rolls_back_like_the_api(
+    browser: Callable[[str | None], Browser], app: Any, settings: Settings, sqlite_engine: Engine, tmp_path: Any
+) -> None:
+    import html
+
+    _register_versions(sqlite_engine, settings, tmp_path, "web_m", 2)
+    _register_versions(sqlite_engine, settings, tmp_path, "api_m", 2)
+    admin = browser("admin")
+    page = admin.get("/admin/models").text
+    assert 'data-testid="promote-web_m-1"' in page and 'data-testid="rollback-web_m"' in page
+    api = TestClient(app)
+    token = api.post("/api/v1/auth/token", data={"username": "admin", "password": PASSWORD}).json()["access_token"]
+    auth = {"Authorization": f"Bearer {token}"}
+
+    nothing = admin.post_form("/admin/models", "/admin/models/web_m/rollback", {})
+    assert nothing.status_code == 409 and "has no champion to roll back from" in html.unescape(nothing.text)
+    for version in (1, 2):
+        r = admin.post_form("/admin/models", f"/admin/models/web_m/{version}/promote", {})
+        assert r.status_code == 303 and "done=promote" in r.headers["location"]
+        assert api.post(f"/api/v1/scoring/models/api_m/{version}/promote", headers=auth).status_code == 200
+    assert _statuses(sqlite_engine, "web_m") == _statuses(sqlite_engine, "api_m") == {2: "champion", 1: "archived"}
+    again = admin.post_form("/admin/models", "/admin/models/web_m/2/promote", {})
+    assert again.status_code == 409 and "already the champion" in again.text
+    back = admin.post_form("/admin/models", "/admin/models/web_m/rollback", {})
+    assert back.status_code == 303 and "done=rollback" in back.headers["location"]
+    assert api.post("/api/v1/scoring/models/api_m/rollback", headers=auth).status_code == 200
+    assert _statuses(sqlite_engine, "web_m") == _statuses(sqlite_engine, "api_m") == {1: "champion", 2: "archived"}
+    _register_versions(sqlite_engine, settings, tmp_path, "one_m", 1)
+    assert admin.post_form("/admin/models", "/admin/models/one_m/1/promote", {}).status_code == 303
+    first = admin.post_form("/admin/models", "/admin/models/one_m/rollback", {})
+    assert first.status_code == 409 and "v1 is the first champion: nothing to roll back to" in first.text
+    assert 'data-testid="error"' in first.text and _statuses(sqlite_engine, "one_m") == {1: "champion"}
+    challenger = admin.post_form("/admin/models", "/admin/models/web_m/2/challenger", {})
+    assert challenger.status_code == 303 and _statuses(sqlite_engine, "web_m")[2] == "challenger"
+    missing = admin.post_form("/admin/models", "/admin/models/web_m/9/promote", {})
+    assert missing.status_code == 404 and "has no version 9" in html.unescape(missing.text)
+    with Session(sqlite_engine) as s:
+        trail = [
+            (a.action, a.detail.get("name"))
+            for a in s.scalars(select(AuditEntry).where(AuditEntry.entity == "model_version").order_by(AuditEntry.id))
+            if a.action != "create"
+        ]
+        promoted = [
+            (e.payload["model"], e.payload["version"], e.payload["previous"])
+            for e in s.scalars(select(Event).where(Event.type == "model_promoted").order_by(Event.id))
+        ]
+    web_trail = [a for a, n in trail if n == "web_m"]
+    assert web_trail == ["promote", "promote", "promote", "challenge"]
+    assert [a for a, n in trail if n == "api_m"] == web_trail[:3]
+    assert [p[1:] for p in promoted if p[0] == "web_m"] == [p[1:] for p in promoted if p[0] == "api_m"]
+    sup = browser("sup_all")
+    read_only = sup.get("/admin/models").text
+    assert 'data-testid="read-only"' in read_only and "promote-web_m" not in read_only
+    refused = sup.post_form("/admin/models", "/admin/models/web_m/2/promote", {})
+    assert refused.status_code == 403 and _statuses(sqlite_engine, "web_m")[1] == "champion"
+    assert browser("alice").get("/admin/models").status_code == 403
+
+
+def test_edit_form_blanks_clear_fields_as_the_page_declares(
+    browser: Callable[[str | None], Browser], org: Org, sqlite_engine: Engine
+) -> None:
+    admin = browser("admin")
+    wendy_id = org.users["wendy"].id
+    page = admin.get("/admin/users").text
+    form = page[page.index(f'data-testid="edit-user-{wendy_id}"') :]
+    declared = re.search(r'name="fields" value="([^"]+)"', form)
+    assert declared is not None and "team_id" in declared.group(1).split(",")
+    data = {"fields": declared.group(1), "team_id": "", "regions": "", "role": "sales", "is_active": "1"}
+    data |= {"daily_capacity": "20", "work_start": "09:00", "work_end": "18:00", "time_zone": "UTC"}  # as shown
+    assert admin.post_form("/admin/users", f"/admin/users/{wendy_id}", data).status_code == 303
+    row = _user_row(sqlite_engine, "wendy")
+    assert row is not None and (row["team_id"], row["regions"], row["is_active"]) == (None, [], True)
+    sup_page = browser("sup_east").get("/admin/users").text
+    sup_fields = re.findall(r'name="fields" value="([^"]+)"', sup_page)
+    assert sup_fields and all("role" not in f and "team_id" not in f for f in sup_fields)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections import Counter
+from datetime import UTC, datetime
 
 import pandas as pd
 
-from leadpilot.distribution.recommend import recall
+from leadpilot.distribution.recommend import on_shift, recall
 
 
 def _reps() -> pd.DataFrame:
@@ -55,3 +56,16 @@ def test_empty_inputs_give_no_pairs() -> None:
     pool = pd.DataFrame({"lead_id": [1], "region": ["north"], "product_line": ["cars"]})
     assert recall(pool, _reps(), per_lead=0).empty
     assert list(recall(pool, _reps()[_reps().left == 0]).columns) == ["lead_id", "user_id"]
+
+
+def test_working_hours_in_the_salespersons_time_zone() -> None:
+    noon_utc = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+    assert on_shift("09:00", "18:00", "UTC", noon_utc)
+    assert not on_shift("09:00", "18:00", "Asia/Shanghai", noon_utc)  # 20:00 in Shanghai
+    assert on_shift("09:00", "18:00", "America/New_York", datetime(2026, 11, 23, 15, 0, tzinfo=UTC))  # 10:00
+    assert on_shift("22:00", "06:00", "UTC", datetime(2026, 11, 23, 23, 30, tzinfo=UTC))  # past midnight
+    assert on_shift("22:00", "06:00", "UTC", datetime(2026, 11, 23, 5, 59, tzinfo=UTC))
+    assert not on_shift("22:00", "06:00", "UTC", noon_utc)
+    assert not on_shift("09:00", "12:00", "UTC", noon_utc)  # the end is exclusive
+    assert on_shift("00:00", "00:00", "UTC", noon_utc)  # around the clock
+    assert on_shift("9am", "5pm", "UTC", noon_utc) and on_shift("09:00", "18:00", "Mars/Olympus", noon_utc)

@@ -29,7 +29,7 @@ from leadpilot.api.routes import (
 )
 from leadpilot.config import Settings, get_settings
 from leadpilot.crm.events import bus
-from leadpilot.db.engine import get_engine
+from leadpilot.db.engine import get_engine, read_only_engine
 from leadpilot.web.routes import router as web_router
 
 API_PREFIX = "/api/v1"
@@ -73,6 +73,21 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     return app
 
 
+def _fill_pool(engine: Engine, connections: int = 5) -> None:
+    """Open the pool's connections before the first request (a burst would otherwise open them one by one,
+    each request waiting for a connect and a cold first query)."""
+    reader = read_only_engine(engine)  # the same pool; on SQLite a deferred BEGIN (no write lock held)
+    opened = []
+    try:
+        for _ in range(connections):
+            conn = reader.connect()
+            conn.execute(text("SELECT 1"))
+            opened.append(conn)
+    finally:
+        for conn in opened:
+            conn.close()  # back to the pool, still open
+
+
 def app_from_env() -> FastAPI:
     """Factory for ``uvicorn --factory`` (used by ``leadpilot serve`` with several workers).
 
@@ -81,6 +96,7 @@ def app_from_env() -> FastAPI:
     100-300 ms stall of the worker every few seconds under load. They are handed back at shutdown.
     """
     app = create_app()
+    _fill_pool(app.state.engine)
     gc.collect()
     gc.freeze()
     app.router.on_shutdown.append(gc.unfreeze)

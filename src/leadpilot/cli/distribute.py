@@ -63,6 +63,9 @@ def run(
     ranker: str = typer.Option(
         "convert", "--ranker", help="Champion that ranks the pairs: convert (V1), mmoe or ple (V2, ONNX Runtime)."
     ),
+    ignore_working_hours: bool = typer.Option(
+        False, "--ignore-working-hours", help="With --assign: assign to salespeople off shift now too."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Recall pool leads for each salesperson, rank them with the convert model, store the ranked pools."""
@@ -101,7 +104,14 @@ def run(
         return
     with domain_errors():
         report = run_distribution(
-            eng, _store(), per_lead=per_lead, top_n=top_n, assign=assign, progress=say, ranker=ranker
+            eng,
+            _store(),
+            per_lead=per_lead,
+            top_n=top_n,
+            assign=assign,
+            progress=say,
+            ranker=ranker,
+            working_hours=not ignore_working_hours,
         )
     if json_out:
         emit_json(report.to_json())

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import pandas as pd
@@ -51,6 +52,7 @@ class DistributionRun:
     stored: int = 0
     assignment: dict[str, Any] = field(default_factory=dict)
     assigned: int = 0
+    off_shift: int = 0  # salespeople with capacity who got no assignment because they are off shift now
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
@@ -74,17 +76,54 @@ def _salespeople(session: Session, now: datetime) -> pd.DataFrame:
         ).all()
     )
     rows = session.execute(
-        select(User.id, User.regions, User.product_lines, User.daily_capacity).where(
-            User.role == Role.SALES.value, User.is_active
-        )
+        select(
+            User.id,
+            User.regions,
+            User.product_lines,
+            User.daily_capacity,
+            User.work_start,
+            User.work_end,
+            User.time_zone,
+        ).where(User.role == Role.SALES.value, User.is_active)
     ).all()
     assigned_today = _assigned_today(session, start)
-    out = pd.DataFrame(rows, columns=["user_id", "regions", "product_lines", "capacity"])
+    out = pd.DataFrame(
+        rows, columns=["user_id", "regions", "product_lines", "capacity", "work_start", "work_end", "time_zone"]
+    )
     out["left"] = [
         max(0, int(c) - int(taken.get(u, 0)) - int(assigned_today.get(u, 0)))
         for u, c in zip(out.user_id, out.capacity, strict=True)
     ]
+    out["on_shift"] = [
+        on_shift(a, b, tz, now) for a, b, tz in zip(out.work_start, out.work_end, out.time_zone, strict=True)
+    ]
     return out
+
+
+def _minutes(clock: str) -> int | None:
+    try:
+        hours, minutes = clock.split(":")
+        value = int(hours) * 60 + int(minutes)
+    except (AttributeError, ValueError):
+        return None
+    return value if 0 <= value <= 24 * 60 else None
+
+
+def on_shift(work_start: str, work_end: str, time_zone: str, now: datetime) -> bool:
+    """Whether ``now`` is within the working hours ``work_start``-``work_end`` (HH:MM) in ``time_zone``.
+
+    A shift may pass midnight (22:00-06:00); equal ends mean around the clock; unreadable hours or an unknown
+    time zone count as on shift (the user's record is at fault, not the lead's).
+    """
+    start, end = _minutes(work_start), _minutes(work_end)
+    if start is None or end is None or start == end:
+        return True
+    try:
+        local = now.astimezone(ZoneInfo(time_zone))
+    except (ZoneInfoNotFoundError, ValueError):
+        return True
+    minute = local.hour * 60 + local.minute
+    return start <= minute < end if start < end else (minute >= start or minute < end)
 
 
 def _assigned_today(session: Session, start: datetime) -> dict[int, int]:
@@ -177,9 +216,11 @@ def run_distribution(
     actor: Actor = SYSTEM,
     progress: Progress | None = None,
     ranker: str = "convert",
+    working_hours: bool = True,
 ) -> DistributionRun:
     """Recall, rank and store every salesperson's ranked pool (``ranker``: the champion that scores the pairs,
-    convert, mmoe or ple); assign it too with ``assign``."""
+    convert, mmoe or ple); assign it too with ``assign``, only to salespeople on shift at ``now`` unless
+    ``working_hours`` is false (everyone's pool is ranked either way: it waits for them)."""
     started = datetime.now(UTC)
     now = now or started
     say = progress or (lambda _m: None)
@@ -210,12 +251,13 @@ def run_distribution(
         lead=pairs.lead_id.map(lead_index).to_numpy(),
         rep=pairs.user_id.map(rep_index).to_numpy(),
         value=pairs.value.to_numpy(),
-        capacity=reps.left.to_numpy(),
+        capacity=np.where(reps.on_shift.to_numpy(dtype=bool) | (not working_hours), reps.left.to_numpy(), 0),
         n_leads=len(pool),
     )
     names = [f"user {u}" for u in rep_ids]
     run.stored = _store_recommendations(engine, pairs, top_n, now)
     if assign:
+        run.off_shift = int(((reps.left > 0) & ~reps.on_shift.astype(bool)).sum()) if working_hours else 0
         result = solve(problem)
         run.assignment = result.to_json()
         reasons = explain(problem, result, names)

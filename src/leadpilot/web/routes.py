@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from leadpilot.api.deps import _resolve_actor
 from leadpilot.auth.security import authenticate, create_access_token
-from leadpilot.crm import dashboard, eventlog, leads, people, schemas, tasks
+from leadpilot.crm import dashboard, eventlog, leads, schemas, tasks
 from leadpilot.crm.access import SYSTEM, Actor, pool_clause, user_scope
 from leadpilot.crm.audit import audit
 from leadpilot.crm.errors import DomainError, Invalid
@@ -59,8 +59,8 @@ PAGES: dict[str, tuple[str, frozenset[Role]]] = {
     "contracts": ("/contracts", frozenset({Role.SALES, Role.SUPERVISOR, Role.ADMIN})),
     "dashboard": ("/dashboard", dashboard.VIEWERS),
     "assignments": ("/assignments", dashboard.MANAGERS),
-    "users": ("/admin/users", frozenset({Role.ADMIN})),
-    "models": ("/admin/models", frozenset({Role.ADMIN, Role.SUPERVISOR})),
+    "users": ("/admin/users", frozenset({Role.ADMIN, Role.SUPERVISOR})),  # pages in web.admin_pages
+    "models": ("/admin/models", frozenset({Role.ADMIN, Role.SUPERVISOR})),  # pages in web.admin_pages
     "rules": ("/admin/rules", frozenset({Role.ADMIN, Role.SUPERVISOR})),
     "workflow": ("/admin/workflow", frozenset({Role.ADMIN, Role.SUPERVISOR})),
     "features": ("/admin/features", frozenset({Role.ADMIN, Role.SUPERVISOR})),
@@ -661,30 +661,6 @@ def experiment_page(request: Request, key: str) -> Response:
 # --- admin pages ------------------------------------------------------------------------------------------------
 
 
-@router.get("/admin/users")
-@page
-def users_page(request: Request) -> Response:
-    """Users and teams."""
-    actor = require(request, "users")
-    with reading(request) as db:
-        users = people.list_users(db, actor=actor, limit=500).items
-        teams = people.list_teams(db, actor=actor, limit=500).items
-    team_names = {team.id: team.name for team in teams}
-    return render(request, "users.html", actor, {"users": users, "teams": teams, "team_names": team_names})
-
-
-@router.get("/admin/models")
-@page
-def models_page(request: Request) -> Response:
-    """The model registry: every version with its status and held-out metrics beside the baselines'."""
-    from leadpilot.models import registry
-
-    actor = require(request, "models")
-    with reading(request) as db:
-        versions = [registry.version_json(v) for v in registry.list_versions(db)]
-    return render(request, "models.html", actor, {"versions": versions})
-
-
 def _rules_context(request: Request) -> dict[str, Any]:
     from leadpilot.models import rules
 
@@ -759,4 +735,4 @@ def features_page(
 
 
 # Pages in their own modules register on this router when imported (after everything above exists).
-from leadpilot.web import contract_pages, workflow_pages  # noqa: E402, F401
+from leadpilot.web import admin_pages, contract_pages, workflow_pages  # noqa: E402, F401

@@ -27,6 +27,7 @@ class DistributionRunIn(BaseModel):
     per_lead: int = Field(default=10, ge=1, le=200, description="salespeople recalled per lead")
     top_n: int = Field(default=50, ge=1, le=1000, description="ranked pool leads kept per salesperson")
     ranker: Literal["convert", "mmoe", "ple"] = "convert"
+    working_hours: bool = Field(default=True, description="assign only to salespeople on shift now")
     experiment: str | None = Field(
         default=None, min_length=1, max_length=80, description="route by this running experiment's arms (assigns)"
     )
@@ -59,6 +60,7 @@ def create_run(actor: CurrentActor, request: Request, data: DistributionRunIn) -
             assign=data.assign,
             ranker=data.ranker,
             actor=actor,
+            working_hours=data.working_hours,
         ).to_json()
     with Session(engine) as session:
         audit(session, actor, "distribution_run", "distribution", detail=data.model_dump() | {"result": result})
