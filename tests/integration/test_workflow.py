@@ -223,10 +223,12 @@ def test_two_racing_workers_fire_each_timer_once(engine: Engine, org: Org) -> No
     assert wf.scan_events(engine) == 0  # scheduling is idempotent
     results: list[wf.BatchResult] = []
     errors: list[BaseException] = []
+    start = threading.Barrier(2)  # both claim from the first batch on (else one may take all on an idle machine)
 
     def work(name: str) -> None:
         try:
-            results.append(wf.run_due(engine, worker=name, config=wf.EngineConfig(batch_size=25)))
+            start.wait(10)
+            results.append(wf.run_due(engine, worker=name, config=wf.EngineConfig(batch_size=10)))
         except BaseException as exc:  # surfaced below
             errors.append(exc)
 
@@ -237,7 +239,10 @@ def test_two_racing_workers_fire_each_timer_once(engine: Engine, org: Org) -> No
         t.join(60)
     assert not errors, errors
     assert sum(r.fired for r in results) == n
-    assert all(r.fired > 0 for r in results), [r.fired for r in results]  # both really worked
+    if engine.dialect.name == "postgresql":  # SKIP LOCKED: both claim side by side
+        assert all(r.fired > 0 for r in results), [r.fired for r in results]
+    # SQLite serialises writers and its busy handler may let one worker take every batch: exactly-once is what
+    # holds there (below), whoever fired.
     counts = _fired_per_trigger(engine)
     assert len(counts) == n and set(counts.values()) == {1}
     with Session(engine) as s:

@@ -34,7 +34,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from leadpilot.crm.errors import DomainError
-from leadpilot.crm.events import _PENDING, EventRecord, EventType, bus
+from leadpilot.crm.events import EventRecord, EventType, bus
 from leadpilot.crm.models import Event, Lead
 from leadpilot.db.base import utcnow
 from leadpilot.workflow.actions import ActionError, Firing, Resolver, Writes, run_action
@@ -447,26 +447,6 @@ def _tag_new_events(session: Session, _context: Any, _instances: Any) -> None:
             obj.payload = {**(obj.payload or {}), "workflow": tag}
 
 
-def _end_savepoint(session: Session, savepoint: Any, *, commit: bool, keep: int | None = None) -> None:
-    """Release or roll back a savepoint without the event log's hooks seeing it as the end of the transaction.
-
-    SQLAlchemy dispatches after_commit / after_rollback for savepoints too; the event log would then deliver
-    (or drop) the batch's pending events before the real commit. They are held aside meanwhile; on rollback
-    only the events written inside the savepoint (from index ``keep``) are forgotten.
-    """
-    held = session.info.pop(_PENDING, None)
-    try:
-        if commit:
-            savepoint.commit()
-        else:
-            savepoint.rollback()
-    finally:
-        if held is not None:
-            if keep is not None:
-                del held[keep:]
-            session.info[_PENDING] = held
-
-
 class _Conflict(Exception):
     """Another worker recorded a firing of this batch first: redo the batch carefully (one savepoint each)."""
 
@@ -514,8 +494,7 @@ def _fire_one(s: Session, b: _Batch, t: WorkflowTimer, *, worker: str, now: date
                 return _finish(
                     s, b, t, row, TimerStatus.SKIPPED, {"reason": "condition no longer holds"}, worker=worker, now=now
                 )
-    pending = s.info.setdefault(_PENDING, [])
-    mark, writes_mark = len(pending), b.writes.mark()
+    writes_mark = b.writes.mark()
     tag = {"rule": rule.name, "chain": [*chain, rule.name]}
     savepoint = s.begin_nested()
     s.info[_CHAIN] = tag
@@ -552,9 +531,9 @@ def _fire_one(s: Session, b: _Batch, t: WorkflowTimer, *, worker: str, now: date
         if b.careful:
             b.writes.flush(s)
         s.flush()
-        _end_savepoint(s, savepoint, commit=True)
+        savepoint.commit()
     except IntegrityError:
-        _end_savepoint(s, savepoint, commit=False, keep=mark)
+        savepoint.rollback()
         b.writes.undo(writes_mark)
         if not b.careful:
             raise _Conflict() from None
@@ -563,7 +542,7 @@ def _fire_one(s: Session, b: _Batch, t: WorkflowTimer, *, worker: str, now: date
     except DBAPIError:
         raise  # the database itself failed: the batch rolls back and the lease brings the timers back
     except (DomainError, ActionError, ValueError, KeyError) as exc:
-        _end_savepoint(s, savepoint, commit=False, keep=mark)
+        savepoint.rollback()
         b.writes.undo(writes_mark)
         message = getattr(exc, "message", None) or str(exc)
         failed = {"error": message}
@@ -624,14 +603,12 @@ def _finish(
     b.writes.timers.append({"id": t.id, "status": status.value, "finished_at": now, "last_error": error})
     b.errors[t.id] = str(error) if error else ""
     if b.careful:
-        pending = s.info.setdefault(_PENDING, [])
-        mark = len(pending)
         savepoint = s.begin_nested()
         try:
             b.writes.flush(s)
-            _end_savepoint(s, savepoint, commit=True)
+            savepoint.commit()
         except IntegrityError:
-            _end_savepoint(s, savepoint, commit=False, keep=mark)
+            savepoint.rollback()
             b.writes.undo(writes_mark)
             return "duplicate"
     b.done.add((t.rule_id, t.trigger_key))
