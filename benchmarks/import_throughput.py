@@ -37,6 +37,7 @@ from common import DEFAULT_PG_URL, log, machine_info, pg_check, scratch_pg_datab
 from leadgen import generate
 
 TARGET_ROWS_PER_SECOND = 20_000
+WRITER_PROCESS_NAME = "leadpilot-import-writer"
 
 
 def _default_workers() -> int:
@@ -58,6 +59,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=5_000, help="importer rows per transaction")
     parser.add_argument(
         "--workers", type=int, default=None, help="importer validation processes (default: leadpilot's setting)"
+    )
+    parser.add_argument(
+        "--writer",
+        choices=("auto", "thread"),
+        default="auto",
+        help="auto: leadpilot's choice (a writer process for files of more than two batches); thread: the writer "
+        "thread of earlier versions, to compare",
     )
     parser.add_argument("--region", default="CN", help="default phone region for numbers without +country code")
     parser.add_argument("--pg-url", default=DEFAULT_PG_URL, help="PostgreSQL server to create scratch databases on")
@@ -91,11 +99,15 @@ def run_leadpilot(engine: Any, path: Path, args: argparse.Namespace, workers: in
     from leadpilot.intake.importer import import_leads
 
     children_seen = 0
+    writer_process_seen = False
     last_report = [0.0]
 
     def progress(done: int, total: int) -> None:
-        nonlocal children_seen
-        children_seen = max(children_seen, len(multiprocessing.active_children()))
+        nonlocal children_seen, writer_process_seen
+        children = multiprocessing.active_children()
+        validators = [c for c in children if c.name != WRITER_PROCESS_NAME]
+        children_seen = max(children_seen, len(validators))
+        writer_process_seen = writer_process_seen or len(validators) < len(children)
         now = time.perf_counter()
         if now - last_report[0] > 2:
             last_report[0] = now
@@ -119,6 +131,7 @@ def run_leadpilot(engine: Any, path: Path, args: argparse.Namespace, workers: in
         "errors": len(summary.errors),
         "workers_requested": workers,
         "worker_processes_seen": children_seen,
+        "writer": "process" if writer_process_seen else "thread",
         # import_leads forks only when the process has a single thread, else uses forkserver.
         "start_method": "fork" if threads == 1 else "forkserver",
     }
@@ -207,6 +220,10 @@ def bench_backend(
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     workers = _default_workers() if args.workers is None else args.workers
+    if args.writer == "thread":
+        from leadpilot.intake import importer
+
+        importer._process_writer_url = lambda engine: None  # no URL for a process: the importer writes on a thread
     tmp = Path(tempfile.mkdtemp(prefix="leadpilot-bench-import-"))
     result: dict[str, Any] = {
         "benchmark": "import_throughput",
@@ -218,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             "dup_share": args.dup_share,
             "batch_size": args.batch_size,
             "workers": workers,
+            "writer": args.writer,
             "default_region": args.region,
         },
     }

@@ -6,6 +6,9 @@ import csv
 import json
 import re
 import shutil
+import subprocess
+import sys
+import time
 import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -31,7 +34,7 @@ from leadpilot.crm.models import (
     ImportRun,
     Lead,
 )
-from leadpilot.db.bulk import bulk_job_connection
+from leadpilot.db.bulk import _statement_sizes, bulk_job_connection, insert_tuples
 from leadpilot.db.engine import make_engine
 from leadpilot.intake import importer
 from leadpilot.intake.importer import ImportSummary, import_leads
@@ -847,6 +850,122 @@ def test_a_run_killed_half_way_can_be_re_run(
     assert snapshot(db) == expected
 
 
+def test_a_batch_failing_in_the_writer_process_fails_the_import_and_can_be_re_run(
+    tmp_path: Path, fresh: Callable[[], Engine]
+) -> None:
+    """The writer process's error reaches the importer; committed batches stay, the failed one is gone.
+
+    The import runs in a fresh interpreter: a writer process is only forked from a single-threaded one,
+    and this test session may have threads of other tests running.
+    """
+    path = write_csv(tmp_path / "dups.csv", dedup_rows())
+    clean_db = fresh()
+    import_leads(clean_db, path, batch_size=10, workers=0)
+    expected = snapshot(clean_db, with_version=False)
+    db = fresh()  # SQLite: another copy of the empty database; PostgreSQL: the same one, emptied
+    url = db.url.render_as_string(hide_password=False)
+    script = f"""
+from pathlib import Path
+from leadpilot.db.engine import make_engine
+from leadpilot.intake import importer
+writers = []
+real_writer = importer._ProcessWriter
+def counting_writer(*args, **kwargs):
+    writers.append(real_writer(*args, **kwargs))
+    return writers[-1]
+importer._ProcessWriter = counting_writer
+real = importer._write_events
+calls = {{"n": 0}}
+def dying(session, batch, events):  # runs in the writer process (forked after this patch)
+    calls["n"] += 1
+    if calls["n"] == 2:
+        raise LookupError("killed in the writer process")
+    real(session, batch, events)
+importer._write_events = dying
+try:
+    importer.import_leads(make_engine({url!r}), Path({str(path)!r}), batch_size=10, workers=1)
+except LookupError as exc:
+    print("raised:", exc, "writers:", len(writers))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "raised: killed in the writer process writers: 1", done.stderr
+    assert counts(db)["leads"] == 10  # the first batch, whole; nothing of the second
+    with Session(db) as s:
+        assert s.scalars(select(ImportRun)).one().status == "failed"
+    import_leads(db, path, batch_size=10, workers=1)
+    assert snapshot(db, with_version=False) == expected
+
+
+def test_a_killed_import_leaves_no_writer_process_and_can_be_re_run(tmp_path: Path, sqlite_template: Path) -> None:
+    """SIGKILL the importing process half-way: its writer and validation processes go too, and a re-run
+    completes the job."""
+    shutil.copy(sqlite_template, tmp_path / "killed.db")
+    url = f"sqlite:///{tmp_path / 'killed.db'}"
+    rows = [lead_row(i) for i in range(6000)]
+    path = write_csv(tmp_path / "big.csv", rows)
+    pid_file = tmp_path / "writer.pid"
+    script = f"""
+import sys
+from pathlib import Path
+from leadpilot.db.engine import make_engine
+from leadpilot.intake import importer
+real = importer._ProcessWriter
+def writer(*args, **kwargs):
+    made = real(*args, **kwargs)
+    Path({str(pid_file)!r}).write_text(str(made.process.pid))
+    return made
+importer._ProcessWriter = writer
+real_start = importer._validation_worker_start
+def worker_start():
+    import os
+    with open({str(pid_file)!r} + ".workers", "a") as fh:
+        print(os.getpid(), file=fh)
+    real_start()
+importer._validation_worker_start = worker_start
+real_write = importer._write_batch
+def slow_write(*args, **kwargs):
+    import time
+    time.sleep(0.05)
+    real_write(*args, **kwargs)
+importer._write_batch = slow_write
+importer.import_leads(make_engine({url!r}), Path({str(path)!r}), batch_size=200, workers=1)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    engine = make_engine(url)
+    try:
+        deadline = time.monotonic() + 60
+        while count(engine, ImportedRow) < 400 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        assert proc.poll() is None, "the import ended before it could be killed"
+        proc.kill()
+        proc.wait()
+        children = [int(pid_file.read_text())]
+        children += [int(pid) for pid in Path(f"{pid_file}.workers").read_text().split()]
+        assert len(children) == 2  # the writer and one validation worker
+        deadline = time.monotonic() + 10
+        while any(map(_alive, children)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(map(_alive, children)), "the writer or a validation worker outlived the killed import"
+        done = count(engine, ImportedRow)
+        assert 400 <= done < 6000 and done % 200 == 0  # whole batches only
+        rerun = import_leads(engine, path, batch_size=200, workers=1)
+        assert rerun.unchanged == done and rerun.created == 6000 - done
+        assert count(engine, Lead) == 6000
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        engine.dispose()
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process runs (a zombie, waiting for its parent to read its exit, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
 def test_workers_give_the_same_result(
     tmp_path: Path, fresh: Callable[[], Engine], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -912,18 +1031,36 @@ def test_import_events_reach_subscribers_after_each_commit(engine: Engine, tmp_p
 
 
 def test_bulk_job_connection_sets_sqlite_back(sqlite_engine: Engine) -> None:
-    def pragmas(conn: Any) -> tuple[int, int]:
+    def pragmas(conn: Any) -> tuple[int, int, int]:
         driver = conn.connection.driver_connection
-        return tuple(driver.execute(f"PRAGMA {name}").fetchone()[0] for name in ("cache_size", "wal_autocheckpoint"))
+        names = ("cache_size", "wal_autocheckpoint", "temp_store")
+        return tuple(driver.execute(f"PRAGMA {name}").fetchone()[0] for name in names)
 
     sqlite_engine.dispose()
     with sqlite_engine.connect() as conn:
         before = pragmas(conn)
     with bulk_job_connection(sqlite_engine) as conn:
-        assert pragmas(conn) == (-256 * 1024, 10_000)
+        assert pragmas(conn) == (-256 * 1024, 10_000, 2)  # temp_store 2: statement journals in memory
         assert conn.connection.driver_connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     with sqlite_engine.connect() as conn:  # the same pooled connection, as it was
         assert pragmas(conn) == before
+
+
+@pytest.mark.parametrize("rows", [0, 1, 5, 632, 2184, 5000, 4999, 10_001])
+def test_insert_statements_reuse_a_few_sizes(rows: int) -> None:
+    sizes = list(_statement_sizes(rows, 2184))
+    assert sum(sizes) == rows
+    assert all(size == 2184 or (size < 2184 and size & (size - 1) == 0) for size in sizes)
+    assert len(set(sizes)) == len(sizes) - sizes.count(2184) + min(sizes.count(2184), 1)  # each short size once
+
+
+def test_insert_tuples_writes_every_row_in_order(engine: Engine) -> None:
+    rows = [(f"fp{i}".encode(), i, 7) for i in range(1, 3000)]  # nine statements on SQLite (2048 + 512 + ...)
+    with engine.begin() as conn:
+        insert_tuples(conn, ImportedRow.__table__, ("fingerprint", "lead_id", "run_id"), rows)  # type: ignore[arg-type]
+    with Session(engine) as s:
+        columns = (ImportedRow.fingerprint, ImportedRow.lead_id, ImportedRow.run_id)
+        assert [tuple(r) for r in s.execute(select(*columns).order_by(ImportedRow.id))] == rows
 
 
 def test_the_sample_file(engine: Engine) -> None:

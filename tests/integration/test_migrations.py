@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,5 +53,29 @@ def test_upgrade_matches_models_and_downgrade_leaves_nothing(empty_url: str) -> 
         assert migrate.current_revision(engine) is None
         migrate.upgrade(empty_url)  # and up again from empty
         assert set(Base.metadata.tables) <= set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def test_fingerprints_convert_to_raw_digests_and_back(empty_url: str) -> None:
+    """Migration 0010 keeps every imported row's fingerprint (hex text <-> the same 32 raw bytes)."""
+    digests = [hashlib.sha256(str(i).encode()).digest() for i in range(3)]
+    migrate.upgrade(empty_url, "0009")
+    engine = make_engine(empty_url)
+    try:
+        with engine.begin() as conn:
+            for i, digest in enumerate(digests):
+                conn.execute(
+                    text("INSERT INTO imported_rows (fingerprint, lead_id, run_id) VALUES (:fp, :lead, 1)"),
+                    {"fp": digest.hex(), "lead": i + 1},
+                )
+        migrate.upgrade(empty_url, "0010")
+        with engine.connect() as conn:
+            stored = conn.execute(text("SELECT lead_id, fingerprint FROM imported_rows ORDER BY lead_id")).all()
+        assert [bytes(fp) for _, fp in stored] == digests
+        migrate.downgrade(empty_url, "0009")
+        with engine.connect() as conn:
+            stored = conn.execute(text("SELECT fingerprint FROM imported_rows ORDER BY lead_id")).scalars().all()
+        assert stored == [digest.hex() for digest in digests]
     finally:
         engine.dispose()

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -31,6 +35,7 @@ from leadpilot.features.export import (
     write_parquet,
 )
 from leadpilot.features.online import OnlineStore, get_online_store, materialize
+from leadpilot.features.sql import DIMENSION_CODES
 from leadpilot.features.store import ComputeReport, FeatureStore, FeatureStoreError
 
 app = typer.Typer(help="The feature pipeline: dictionary, compute, history, export.", no_args_is_help=True)
@@ -193,6 +198,15 @@ def compute(
     ),
     backfill: tuple[str, str] | None = typer.Option(None, "--backfill", help="Compute every day FROM TO (inclusive)."),
     engine_name: str | None = typer.Option(None, "--engine", help="duckdb or spark (default: the configured one)."),
+    direct: bool = typer.Option(
+        False,
+        "--direct",
+        help="One-off: compute the snapshot of --date straight from the events with DuckDB, without tiles; "
+        "tiles, history and the online store are left as they are.",
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="With --direct: write the snapshot as Parquet (dim, k1, k2, feature_id, value)."
+    ),
     dictionary_path: Path | None = DICTIONARY_OPTION,
     json_out: bool = JSON_OPTION,
 ) -> None:
@@ -201,17 +215,13 @@ def compute(
     require_migrated(eng)
     day = _date(on_date, "--date")
     span = (_date(backfill[0], "--backfill FROM"), _date(backfill[1], "--backfill TO")) if backfill else None
+    if out is not None and not direct:
+        fail("--out needs --direct (stored days are written with `leadpilot features export`)")
+    if direct:
+        _compute_direct(eng, day, span is not None, engine_name, out, dictionary_path, json_out)
+        return
     store = _store(dictionary_path, engine_name)
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
-    ) as bar:
-        tasks: dict[str, TaskID] = {}
-
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
+    with _progress_bar() as progress:
         try:
             report = store.compute(eng, day=day, backfill=span, progress=progress)  # type: ignore[arg-type]
         except FeatureStoreError as exc:
@@ -230,6 +240,69 @@ def compute(
     )
     for r in sync.rejected[:10] if sync else []:
         console.print(f"  event {r.id}: {r.reason}")
+
+
+@contextmanager
+def _progress_bar() -> Iterator[Callable[[str, int, int], None]]:
+    """A Rich progress bar with one task per stage the store reports."""
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        yield progress
+
+
+def _compute_direct(
+    eng: Engine,
+    day: date | None,
+    backfill: bool,
+    engine_name: str | None,
+    out: Path | None,
+    dictionary_path: Path | None,
+    json_out: bool,
+) -> None:
+    """``compute --direct``: one day's snapshot straight from the events, printed or written, never stored."""
+    if backfill:
+        fail("--direct computes one day: give --date, not --backfill")
+    if engine_name not in (None, "duckdb"):
+        fail("--direct runs in DuckDB: leave out --engine")
+    store = _store(dictionary_path, "duckdb")
+    started = time.perf_counter()
+    with _progress_bar() as progress:
+        try:
+            day, table, sync = store.direct_snapshot(eng, day=day, progress=progress)
+        except FeatureStoreError as exc:
+            fail(str(exc))
+            return
+    if out is not None:
+        tmp = out.with_name(out.name + ".tmp")
+        pq.write_table(table, tmp, compression="zstd")
+        tmp.replace(out)
+    entities = table.group_by(["dim", "k1", "k2"]).aggregate([]).column("dim").to_pylist()
+    names = {code: d.value for d, code in DIMENSION_CODES.items()}
+    data = {
+        "direct": True,
+        "day": day.isoformat(),
+        "values": table.num_rows,
+        "entities": {names[code]: entities.count(code) for code in sorted(set(entities))},
+        "out": str(out) if out else None,
+        "sync": sync.to_json(),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    if json_out:
+        emit_json(data)
+        return
+    where = f", written to {out}" if out else ""
+    console.print(
+        f"snapshot of {day} computed from the events (no tiles; not stored in the history): {table.num_rows:,} "
+        f"values for {len(entities):,} entities{where}; {sync.events_copied:,} new events in {data['seconds']:.1f} s"
+    )
 
 
 def run_compute(eng: Engine, *, quiet: bool = False, day: date | None = None) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from leadpilot.db.base import Base, JSONType, UTCDateTime, utcnow
+from leadpilot.db.base import Base, BigId, JSONType, UTCDateTime, utcnow
 
 Cents = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -156,4 +156,4 @@ class PaymentReminder(Base):
     )
     kind: Mapped[str] = mapped_column(String(10), nullable=False)
     sent_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
-    event_id: Mapped[int | None] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"))
+    event_id: Mapped[int | None] = mapped_column(BigId)

@@ -7,23 +7,21 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
     Boolean,
     CheckConstraint,
     Float,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from leadpilot.db.base import Base, JSONType, UTCDateTime, utcnow
+from leadpilot.db.base import Base, BigId, JSONType, UTCDateTime, utcnow
 
-# Event ids grow without bound; SQLite needs INTEGER for its rowid alias.
-BigId = BigInteger().with_variant(Integer(), "sqlite")
 # Tables whose ids bulk jobs reserve in blocks (db.bulk.allocate_ids): on SQLite ids then never reuse
 # a reserved value, because AUTOINCREMENT keeps the high-water mark in sqlite_sequence.
 AUTOINCREMENT = {"sqlite_autoincrement": True}
@@ -336,7 +334,7 @@ class ImportedRow(Base):
     __table_args__ = (UniqueConstraint("fingerprint"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    fingerprint: Mapped[str] = mapped_column(String(64), nullable=False)
+    fingerprint: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)  # SHA-256 digest, 32 bytes
     lead_id: Mapped[int] = mapped_column(Integer, nullable=False)
     run_id: Mapped[int | None] = mapped_column(Integer)
 

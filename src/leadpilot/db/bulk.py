@@ -27,6 +27,8 @@ BULK_JOB_CACHE_KIB = 256 * 1024
 # 1000, about 4 MB). A batch rewrites thousands of index pages, so with the default every commit would
 # also checkpoint, copying pages that the next batch changes again; every tenth one does here.
 BULK_JOB_CHECKPOINT_PAGES = 10_000
+# PRAGMA temp_store's value for "in memory".
+SQLITE_TEMP_STORE_MEMORY = 2
 
 
 def allocate_ids(session: Session, table: Table, count: int) -> list[int]:
@@ -95,13 +97,7 @@ def bulk_insert(session: Session, table: Table, rows: Sequence[dict[str, Any]]) 
     quoted = ", ".join(f'"{name}"' for name in names)
     # Multi-row VALUES statements instead of executemany: one sqlite3_step per statement instead of per
     # row, so a writer thread gives up the GIL for a whole statement (no convoy with the planning thread).
-    per_statement = max(1, SQLITE_MAX_VARIABLES // len(names))
-    one_row = "(" + ", ".join("?" * len(names)) + ")"
-    tuples = list(zip(*columns, strict=True))
-    for start in range(0, len(tuples), per_statement):
-        chunk = tuples[start : start + per_statement]
-        sql = f'INSERT INTO "{table.name}" ({quoted}) VALUES ' + ", ".join([one_row] * len(chunk))  # noqa: S608
-        conn.exec_driver_sql(sql, tuple(chain.from_iterable(chunk)))
+    _sqlite_insert(conn, table.name, quoted, len(names), list(zip(*columns, strict=True)))
 
 
 def bind_value(dialect: Dialect, column: ColumnElement[Any], value: Any) -> Any:
@@ -128,12 +124,33 @@ def insert_tuples(conn: Connection, table: Table, columns: Sequence[str], rows: 
         return
     if dialect != "sqlite":
         raise NotImplementedError(f"insert_tuples supports SQLite and PostgreSQL, not {dialect}")
-    per_statement = max(1, SQLITE_MAX_VARIABLES // len(columns))
-    one_row = "(" + ", ".join("?" * len(columns)) + ")"
-    for start in range(0, len(rows), per_statement):
-        chunk = rows[start : start + per_statement]
-        sql = f'INSERT INTO "{table.name}" ({names}) VALUES ' + ", ".join([one_row] * len(chunk))  # noqa: S608
-        conn.exec_driver_sql(sql, tuple(chain.from_iterable(chunk)))
+    _sqlite_insert(conn, table.name, names, len(columns), rows)
+
+
+def _statement_sizes(rows: int, per_statement: int) -> Iterator[int]:
+    """Rows per INSERT statement: full statements, then the rest as descending powers of two.
+
+    Each distinct row count is another statement for SQLite to compile (a multi-row VALUES takes about as
+    long to compile as to run); with these sizes, every batch reuses the driver's cached statements.
+    """
+    full, rest = divmod(rows, per_statement)
+    yield from [per_statement] * full
+    size = 1 << max(rest.bit_length() - 1, 0)
+    while rest:
+        if size <= rest:
+            yield size
+            rest -= size
+        size >>= 1
+
+
+def _sqlite_insert(conn: Connection, table: str, names: str, width: int, rows: Sequence[Sequence[Any]]) -> None:
+    """Multi-row INSERT statements of ``width`` values a row, as few and as reusable as the limits allow."""
+    one_row = "(" + ", ".join("?" * width) + ")"
+    start = 0
+    for size in _statement_sizes(len(rows), max(1, SQLITE_MAX_VARIABLES // width)):
+        sql = f'INSERT INTO "{table}" ({names}) VALUES ' + ", ".join([one_row] * size)  # noqa: S608
+        conn.exec_driver_sql(sql, tuple(chain.from_iterable(rows[start : start + size])))
+        start += size
 
 
 @contextmanager
@@ -151,7 +168,13 @@ def bulk_job_connection(engine: Engine) -> Iterator[Connection]:
             return
         # The driver's own connection runs PRAGMAs outside a transaction (SQLAlchemy's would begin one).
         driver: Any = conn.connection.driver_connection
-        settings = {"cache_size": -BULK_JOB_CACHE_KIB, "wal_autocheckpoint": BULK_JOB_CHECKPOINT_PAGES}
+        settings = {
+            "cache_size": -BULK_JOB_CACHE_KIB,
+            "wal_autocheckpoint": BULK_JOB_CHECKPOINT_PAGES,
+            # A multi-row INSERT keeps a statement journal (the pages it changed, to undo just that statement
+            # on a constraint error); in memory instead of a temporary file, that costs no system calls.
+            "temp_store": SQLITE_TEMP_STORE_MEMORY,
+        }
         previous = {name: int(driver.execute(f"PRAGMA {name}").fetchone()[0]) for name in settings}
         try:
             for name, value in settings.items():

@@ -65,14 +65,28 @@ def event_rows_sql(event_files: list[str], leads_file: str, days: list[date] | N
     where = ""
     if days:
         # The range lets the Parquet reader skip rows on the raw column before anything else is decoded.
-        low, high = min(days), max(days) + timedelta(days=1)
         where = (
-            f"WHERE e.occurred_at >= TIMESTAMP '{low.isoformat()} 00:00:00' "
-            f"AND e.occurred_at < TIMESTAMP '{high.isoformat()} 00:00:00' "
+            f"WHERE {_time_range(min(days), max(days))} "
             "AND CAST(e.occurred_at AS DATE) IN (" + ", ".join(f"DATE '{d.isoformat()}'" for d in days) + ")"
         )
     elif days is not None:
         where = "WHERE FALSE"
+    return _joined_events(event_files, leads_file, where)
+
+
+def event_span_sql(event_files: list[str], leads_file: str, first: date | None, last: date) -> str:
+    """Events of the days ``first`` (None: from the start) to ``last``, joined like ``event_rows_sql``."""
+    return _joined_events(event_files, leads_file, f"WHERE {_time_range(first, last)}")
+
+
+def _time_range(first: date | None, last: date) -> str:
+    """``occurred_at`` from the start of ``first`` (None: any time) to the end of ``last``."""
+    high = f"e.occurred_at < TIMESTAMP '{(last + timedelta(days=1)).isoformat()} 00:00:00'"
+    return high if first is None else f"e.occurred_at >= TIMESTAMP '{first.isoformat()} 00:00:00' AND {high}"
+
+
+def _joined_events(event_files: list[str], leads_file: str, where: str) -> str:
+    """The lake's events (``where`` filters them as ``e``) with their lead's columns joined."""
     return (
         "SELECT e.id, e.type, e.lead_id, e.actor_id, e.occurred_at, e.payload, "
         "CAST(e.occurred_at AS DATE) AS day, l.product_line, l.region, l.source AS lead_source, l.account_id "
@@ -258,6 +272,17 @@ def _window_filter(window: str, day: date) -> str:
     return f"day > DATE '{(day - timedelta(days=days)).isoformat()}'"
 
 
+def band_sql(windows: set[str], day: date) -> str:
+    """The age band of a row's ``day`` as of the end of ``day``: the code of the smallest of ``windows`` that
+    holds it; beyond the largest, the `all` code when `all` is among them, else 0 (in no window)."""
+    finite = sorted((w for w in windows if WINDOWS[w][1] is not None), key=lambda w: WINDOWS[w][0])
+    beyond = WINDOWS["all"][0] if "all" in windows else 0
+    if not finite:
+        return str(beyond)
+    whens = " ".join(f"WHEN {_window_filter(w, day)} THEN {WINDOWS[w][0]}" for w in finite)
+    return f"CASE {whens} ELSE {beyond} END"
+
+
 def earliest_tile_day(dictionary: FeatureDictionary, day: date) -> date | None:
     """The first tile day any window ending on ``day`` reads (``None``: the whole history)."""
     _, windows = _used(dictionary, table=False)
@@ -284,24 +309,34 @@ class WindowPlan:
     window_codes: tuple[int, ...]
 
 
+def _window_groups(
+    dictionary: FeatureDictionary, skip: tuple[Function, ...]
+) -> dict[tuple[tuple[Function, ...], tuple[str, ...]], list[int]]:
+    """Event-sourced base ids grouped by their (functions other than ``skip``, windows)."""
+    groups: dict[tuple[tuple[Function, ...], tuple[str, ...]], list[int]] = {}
+    for base in dictionary.base_features:
+        functions = tuple(f for f in base.functions if f not in skip)
+        if isinstance(base.source, EventSource) and functions:
+            groups.setdefault((functions, base.windows), []).append(base.id)
+    return groups
+
+
+def _plan(sql: str, groups: dict[tuple[tuple[Function, ...], tuple[str, ...]], list[int]]) -> WindowPlan:
+    """A :class:`WindowPlan` of band rows from ``sql`` for the base feature ``groups``."""
+    plan = tuple(
+        (tuple(ids), tuple((f, WINDOWS[w][0]) for w in windows for f in functions))
+        for (functions, windows), ids in groups.items()
+    )
+    codes = {WINDOWS[w][0] for _, windows in groups for w in windows}
+    return WindowPlan(sql, plan, tuple(sorted(codes)))
+
+
 def window_plan(dictionary: FeatureDictionary, tiles_source: str, day: date) -> WindowPlan | None:
     """The :class:`WindowPlan` of every event-sourced, non-distinct feature as of the end of ``day``."""
-    groups: dict[tuple[tuple[Function, ...], tuple[str, ...]], list[int]] = {}
-    used_windows: set[str] = set()
-    for base in dictionary.base_features:
-        if not isinstance(base.source, EventSource):
-            continue
-        functions = tuple(f for f in base.functions if f is not Function.DISTINCT_COUNT)
-        if functions:
-            groups.setdefault((functions, base.windows), []).append(base.id)
-            used_windows.update(base.windows)
+    groups = _window_groups(dictionary, (Function.DISTINCT_COUNT,))
     if not groups:
         return None
-    ordered = sorted(used_windows, key=lambda w: WINDOWS[w][0])
-    band = "CASE " + " ".join(
-        f"WHEN {_window_filter(w, day)} THEN {WINDOWS[w][0]}" for w in ordered if WINDOWS[w][1] is not None
-    )
-    band += f" ELSE {WINDOWS['all'][0] if 'all' in used_windows else 0} END"
+    band = band_sql({w for _, windows in groups for w in windows}, day)
     first = earliest_tile_day(dictionary, day)
     lower = f" AND day >= DATE '{first.isoformat()}'" if first else ""
     sql = (
@@ -311,31 +346,93 @@ def window_plan(dictionary: FeatureDictionary, tiles_source: str, day: date) -> 
         f"SELECT *, {band} AS band FROM {tiles_source} WHERE day <= DATE '{day.isoformat()}'{lower}) t "
         "WHERE band > 0 GROUP BY dim, k1, k2, base_id, bucket, band"
     )
-    plan = tuple(
-        (tuple(ids), tuple((f, WINDOWS[w][0]) for w in windows for f in functions))
-        for (functions, windows), ids in groups.items()
-    )
-    return WindowPlan(sql, plan, tuple(WINDOWS[w][0] for w in ordered))
+    return _plan(sql, groups)
 
 
-def distinct_values_sql(dictionary: FeatureDictionary, distinct_source: str, day: date) -> str | None:
-    """Long rows of every DISTINCT_COUNT feature as of the end of ``day``."""
+def distinct_values_sql(
+    dictionary: FeatureDictionary, distinct_source: str, day: date, *, banded: bool = False
+) -> str | None:
+    """Long rows of every DISTINCT_COUNT feature as of the end of ``day``.
+
+    ``banded``: ``distinct_source`` holds the age band (see ``banded_events_sql``) in ``day`` instead of the date.
+    """
     windows = {w for b in dictionary.base_features if Function.DISTINCT_COUNT in b.functions for w in b.windows}
     if not windows:
         return None
     aggregates, entries = [], []
-    offset_base = FUNCTION_CODES[Function.DISTINCT_COUNT] * 10
     for window in sorted(windows, key=lambda w: WINDOWS[w][0]):
         code = WINDOWS[window][0]
-        aggregates.append(f"count(DISTINCT dvalue) FILTER (WHERE {_window_filter(window, day)}) AS d{code}")
-        entries.append(f"{{'f': {_FEATURE_ID} + {offset_base + code}, 'v': CAST(d{code} AS DOUBLE)}}")
+        inside = f"day <= {code}" if banded else _window_filter(window, day)
+        aggregates.append(f"count(DISTINCT dvalue) FILTER (WHERE {inside}) AS d{code}")
+        entries.append(_entry(Function.DISTINCT_COUNT, code, f"d{code}"))
+    where = "TRUE" if banded else f"day <= DATE '{day.isoformat()}'"
+    return _unpivoted(distinct_source, where, aggregates, f"[{', '.join(entries)}]")
+
+
+def _entry(function: Function, window_code: int, value: str) -> str:
+    """One (derived feature id, value) struct of an aggregated (entity, base feature, bucket) row."""
+    return f"{{'f': {_FEATURE_ID} + {FUNCTION_CODES[function] * 10 + window_code}, 'v': CAST({value} AS DOUBLE)}}"
+
+
+def _unpivoted(source: str, where: str, aggregates: list[str], entries: str) -> str:
+    """Aggregate ``source`` per (entity, base feature, bucket) and unpivot ``entries`` (a list of ``_entry``
+    structs) into long rows of the registered ``wanted`` feature ids, zeros and NULLs dropped."""
     return (
         "SELECT dim, k1, k2, CAST(x.f AS INTEGER) AS feature_id, x.v AS value FROM ("
-        f"SELECT dim, k1, k2, UNNEST([{', '.join(entries)}]) AS x FROM ("
-        f"SELECT dim, k1, k2, base_id, bucket, {', '.join(aggregates)} FROM {distinct_source} "
-        f"WHERE day <= DATE '{day.isoformat()}' GROUP BY dim, k1, k2, base_id, bucket) agg) w "
+        f"SELECT dim, k1, k2, UNNEST({entries}) AS x FROM ("
+        f"SELECT dim, k1, k2, base_id, bucket, {', '.join(aggregates)} FROM {source} "
+        f"WHERE {where} GROUP BY dim, k1, k2, base_id, bucket) agg) w "
         "WHERE x.v IS NOT NULL AND x.v <> 0 AND x.f IN (SELECT feature_id FROM wanted)"
     )
+
+
+# The direct path (no stored tiles): events -> tiles per age band (``tiles_sql`` over ``banded_events_sql``)
+# -> windows (window k = the bands up to k): ``direct_band_plan`` for the numpy band merge, ``direct_last_sql``
+# for LAST (the numpy merge takes LAST from the newest band even when that band has no value), and
+# ``distinct_values_sql(..., banded=True)`` for DISTINCT_COUNT.
+
+
+def banded_events_sql(dictionary: FeatureDictionary, events: str, day: date) -> str:
+    """The prepared ``events`` (``prepared_events_sql``) up to the end of ``day`` that fall in some window, with
+    ``day`` replaced by the event's age band (``band_sql``), so ``tiles_sql`` over them gives one tile per
+    (entity, base feature, bucket, band) instead of per day."""
+    windows = {w for b in dictionary.base_features if isinstance(b.source, EventSource) for w in b.windows}
+    band = band_sql(windows, day)
+    return (
+        f"SELECT * FROM (SELECT * REPLACE (CAST({band} AS TINYINT) AS day) FROM {events} "
+        f"WHERE day <= DATE '{day.isoformat()}') b WHERE day > 0"
+    )
+
+
+def direct_band_plan(dictionary: FeatureDictionary, band_tiles: str) -> WindowPlan | None:
+    """The :class:`WindowPlan` of ``band_tiles`` (``tiles_sql`` over ``banded_events_sql``: already one row per
+    band) for every event-sourced function but DISTINCT_COUNT and LAST (``direct_last_sql``)."""
+    groups = _window_groups(dictionary, (Function.DISTINCT_COUNT, Function.LAST))
+    if not groups:
+        return None
+    sql = (
+        "SELECT dim, k1, k2, base_id, bucket, day AS band, CAST(cnt AS DOUBLE) AS c, total AS s, vmin AS mn, "
+        f"vmax AS mx, last_value AS l, epoch_us(last_at) / 1000000.0 AS a FROM {band_tiles}"
+    )
+    return _plan(sql, groups)
+
+
+def direct_last_sql(dictionary: FeatureDictionary, band_tiles: str) -> str | None:
+    """Long rows of every LAST feature from ``band_tiles``: per window, the value of the latest band up to its
+    code that has one (``arg_max`` skips bands without a value; bands cover disjoint days)."""
+    groups = _window_groups(dictionary, tuple(f for f in Function if f is not Function.LAST))
+    if not groups:
+        return None
+    codes = sorted({WINDOWS[w][0] for _, windows in groups for w in windows})
+    aggregates = [f"arg_max(last_value, last_at) FILTER (WHERE day <= {c}) AS l{c}" for c in codes]
+    cases = " ".join(
+        f"WHEN base_id IN ({', '.join(map(str, ids))}) THEN "
+        f"[{', '.join(_entry(Function.LAST, WINDOWS[w][0], f'l{WINDOWS[w][0]}') for w in windows)}]"
+        for (_, windows), ids in groups.items()
+    )
+    ids = ", ".join(str(i) for group in groups.values() for i in group)
+    source = f"(SELECT * FROM {band_tiles} WHERE base_id IN ({ids})) b"
+    return _unpivoted(source, "TRUE", aggregates, f"CASE {cases} END")
 
 
 def table_values_sql(

@@ -25,10 +25,11 @@ import pyarrow.parquet as pq
 from scipy import sparse
 from sqlalchemy import Engine
 
-from leadpilot.features import history
+from leadpilot.features import history, sql
 from leadpilot.features.dictionary import WINDOWS, Dimension, FeatureDictionary, Function, TableSource
 from leadpilot.features.engines import ComputeEngine, get_engine
-from leadpilot.features.engines.duckdb_engine import connect
+from leadpilot.features.engines.base import VALUES_SCHEMA
+from leadpilot.features.engines.duckdb_engine import connect, unpivot
 from leadpilot.features.lake import EventLake, SyncReport
 from leadpilot.features.sql import DIMENSION_CODES, earliest_tile_day, file_list, quote
 
@@ -283,6 +284,65 @@ class FeatureStore:
         """Every non-zero derived value as of the end of ``day``, computed from the tiles (DAYS_SINCE in days)."""
         return present(self._raw_values(day), day, self.dictionary)
 
+    def values_direct(self, day: date) -> pa.Table:
+        """Every non-zero derived value as of the end of ``day`` straight from the lake's events, without tiles
+        (DAYS_SINCE in days): the table ``values(day)`` gives once the tiles are up to date, for a one-off
+        snapshot of a day (no tiles written, nothing stored)."""
+        return present(self._direct_raw_values(day), day, self.dictionary)
+
+    def _direct_raw_values(self, day: date) -> pa.Table:
+        """The direct path's raw values (DAYS_SINCE as anchors), sorted like the engines'."""
+        files = [str(f) for f in self.lake.event_files()]
+        tables = {t: str(self.lake.dimension_path(t)) for t in ("leads", "accounts", "users")}
+        with self._scratch_connection() as con:
+            wanted = pa.array([d.id for d in self.dictionary.derived], pa.int32())
+            con.register("wanted", pa.table({"feature_id": wanted}))
+            windows = self._direct_windows(con, files, tables["leads"], day) if files else VALUES_SCHEMA.empty_table()
+            con.register("lp_windows", windows)
+            union = " UNION ALL ".join(
+                f"({q})" for q in ["SELECT * FROM lp_windows", *sql.table_values_sql(self.dictionary, tables, day)]
+            )
+            return (
+                con.sql(
+                    "SELECT CAST(dim AS TINYINT) AS dim, CAST(k1 AS BIGINT) AS k1, CAST(k2 AS BIGINT) AS k2, "
+                    f"CAST(feature_id AS INTEGER) AS feature_id, CAST(value AS DOUBLE) AS value FROM ({union}) u "
+                    "ORDER BY dim, k1, k2, feature_id"
+                )
+                .to_arrow_table()
+                .cast(VALUES_SCHEMA)
+            )
+
+    def _direct_windows(self, con: Any, files: list[str], leads: str, day: date) -> pa.Table:
+        """Event-sourced values of ``day``: the events of the longest window are read, joined and their payloads
+        parsed once into a temporary table of age-banded events; one pass of the tile SQL turns them into tiles
+        per (entity, base feature, bucket, band), which are merged into windows as the tile path merges daily
+        tiles (numpy band merge; LAST and DISTINCT_COUNT in SQL)."""
+        first = earliest_tile_day(self.dictionary, day)
+        prepared = sql.prepared_events_sql(self.dictionary, sql.event_span_sql(files, leads, first, day))
+        banded = sql.banded_events_sql(self.dictionary, f"({prepared}) p", day)
+        # Sorted by type, as in a tile pass: each base feature's branch skips other types' row groups.
+        con.execute(f"CREATE TEMP TABLE lp_banded AS {banded} ORDER BY type")
+        parts, queries = [], []
+        tiles = sql.tiles_sql(self.dictionary, "lp_banded")
+        if tiles is not None:
+            con.execute(f"CREATE TEMP TABLE lp_band_tiles AS {tiles}")
+            plan = sql.direct_band_plan(self.dictionary, "lp_band_tiles")
+            if plan is not None:
+                parts.append(unpivot(con.sql(plan.sql).to_arrow_table(), plan))
+            queries.append(sql.direct_last_sql(self.dictionary, "lp_band_tiles"))
+        distinct = sql.tiles_sql(self.dictionary, "lp_banded", distinct=True)
+        if distinct is not None:
+            queries.append(sql.distinct_values_sql(self.dictionary, f"({distinct}) t", day, banded=True))
+        parts += [con.sql(q).to_arrow_table() for q in queries if q is not None]
+        return pa.concat_tables([p.cast(VALUES_SCHEMA) for p in parts]) if parts else VALUES_SCHEMA.empty_table()
+
+    def _scratch_connection(self) -> Any:
+        """An in-memory DuckDB connection under the store's memory cap, spilling to ``spill/``."""
+        con = connect(memory_limit=self.memory_limit)
+        con.execute("SET preserve_insertion_order = false")
+        con.execute(f"SET temp_directory = {quote((self.root / 'spill').as_posix())}")
+        return con
+
     def _raw_values(
         self, day: date, groups: pa.Table | None = None, partition: tuple[int, int] | None = None
     ) -> pa.Table:
@@ -350,19 +410,15 @@ class FeatureStore:
                 raise FeatureStoreError(f"backfill range is in the wrong order: {first} is after {last}")
             if last > today:
                 raise FeatureStoreError(f"backfill end {last} is in the future (today is {today})")
-        elif day is not None and day > today:
-            raise FeatureStoreError(f"--date {day} is in the future (today is {today})")
+        else:
+            _refuse_future(day, today)
         report = ComputeReport()
         report.sync = self.lake.sync(crm)
         report.tile_days_rebuilt = self.update_tiles(progress=progress)
         if backfill is not None:
             days = [backfill[0] + timedelta(days=i) for i in range((backfill[1] - backfill[0]).days + 1)]
         else:
-            if day is None:
-                last_event = self.last_event_day()
-                yesterday = today - timedelta(days=1)
-                day = min(last_event, yesterday) if last_event else yesterday
-            days = [day]
+            days = [day or self.default_day(today)]
         for i, d in enumerate(days):
             written, changed = self.fold_day(d)
             report.values_written += written
@@ -373,6 +429,31 @@ class FeatureStore:
         self.prune(max(days))
         report.seconds = (datetime.now(UTC) - started).total_seconds()
         return report
+
+    def default_day(self, today: date) -> date:
+        """The day a run computes when none is given: the last whole day with events, at most yesterday."""
+        last_event = self.last_event_day()
+        yesterday = today - timedelta(days=1)
+        return min(last_event, yesterday) if last_event else yesterday
+
+    def direct_snapshot(
+        self, crm: Engine, *, day: date | None = None, today: date | None = None, progress: Progress | None = None
+    ) -> tuple[date, pa.Table, SyncReport]:
+        """Sync the lake, then compute the snapshot of ``day`` (default: as ``compute``) with ``values_direct``.
+
+        A one-off: tiles, history, runs and the online store are left as they are (a later ``compute`` tiles
+        the newly synced events as usual).
+        """
+        today = today or datetime.now(UTC).date()
+        _refuse_future(day, today)
+        sync = self.lake.sync(crm)
+        day = day or self.default_day(today)
+        if progress:
+            progress("snapshot", 0, 1)
+        table = self.values_direct(day)
+        if progress:
+            progress("snapshot", 1, 1)
+        return day, table, sync
 
     def _incremental_base(self, day: date) -> date | None:
         """The previous run a fold of ``day`` can start from, or None when it must recompute everything.
@@ -581,6 +662,12 @@ def history_memory_limit(limit: str) -> str:
         return limit
     size = float(match.group(1)) * _UNITS[match.group(2).upper()]
     return f"{max(256, int(size / 4 / 1000**2))}MB"
+
+
+def _refuse_future(day: date | None, today: date) -> None:
+    """A snapshot of a day that has not ended yet would change: refused."""
+    if day is not None and day > today:
+        raise FeatureStoreError(f"--date {day} is in the future (today is {today})")
 
 
 def _utc(t: datetime) -> datetime:

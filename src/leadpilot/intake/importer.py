@@ -24,7 +24,10 @@ import gc
 import hashlib
 import json
 import marshal
+import math
 import multiprocessing
+import os
+import pickle
 import queue
 import sys
 import threading
@@ -49,8 +52,10 @@ from leadpilot.crm.events import EventType, append_events_bulk, bus
 from leadpilot.crm.models import Account, Contact, Event, ImportedRow, ImportRun, Lead, Stage
 from leadpilot.db.base import utcnow
 from leadpilot.db.bulk import bind_value, bulk_job_connection, insert_tuples, refresh_statistics, reserve_ids
+from leadpilot.db.engine import make_engine
 from leadpilot.intake.mapping import Mapping, MappingFile, build_mapping, load_mapping_file, mapping_as_dict
-from leadpilot.intake.reader import read_table
+from leadpilot.intake.reader import CsvIndex, CsvPiece, read_table
+from leadpilot.intake.reader import Table as FileTable
 from leadpilot.intake.validate import CLEAN_FIELDS, CleanValues, RowError, clean_values, fingerprint
 
 Progress = Callable[[int, int], None]
@@ -66,8 +71,12 @@ READ_CHUNK = 500
 # Rows per piece of validation work, and pieces queued per worker process: small pieces let the importing
 # process, when it validates one itself, soon get back to feeding the writer.
 PIECE_ROWS = 1000
-PIECES_QUEUED = 4
+PIECES_QUEUED = 8
 HELP_CHECK_SECONDS = 0.01
+# Batches a writer process may have in hand (one being written, one waiting).
+WRITER_BATCHES_AHEAD = 2
+# How often a validation worker checks that the importing process is still there.
+PARENT_CHECK_SECONDS = 1.0
 # How long a thread may hold Python's interpreter lock while another waits for it, during an import (the
 # default is 5 ms). The writer thread needs the lock back after each statement, and would otherwise wait
 # up to the whole interval for the planning thread each time: about 25 times per batch.
@@ -97,7 +106,7 @@ EVENT_COLUMNS = ("id", "type", "lead_id", "actor_id", "occurred_at", "recorded_a
 IMPORTED_COLUMNS = ("fingerprint", "lead_id", "run_id")
 
 # A valid row as the validation workers send it: (values, fingerprint, lead_created payload as JSON text).
-Clean = tuple[CleanValues, str, str]
+Clean = tuple[CleanValues, bytes, str]
 Validated = tuple[int, list[Clean], list[RowError]]
 _json_str = json_encoder.encode_basestring_ascii  # how json.dumps writes a str (ensure_ascii, as stored)
 
@@ -176,7 +185,7 @@ class _Known:
     by_email: dict[str, int] = field(default_factory=dict)
     by_company_line: dict[tuple[str, str], int] = field(default_factory=dict)
     accounts: dict[str, int] = field(default_factory=dict)
-    fingerprints: set[str] = field(default_factory=set)
+    fingerprints: set[bytes] = field(default_factory=set)
     # Leads with no account / no contact: a merge links one (planned here, so ids are known up front).
     without_account: set[int] = field(default_factory=set)
     without_contact: set[int] = field(default_factory=set)
@@ -714,6 +723,173 @@ class _Writer:
         self._raise_error()
 
 
+class _ProcessWriter:
+    """Writes planned batches in a process of its own, one transaction each, in the order they are given.
+
+    Same contract as ``_Writer``, but the writing (binding every value, SQLite's inserts, the commits)
+    runs outside this process, so it no longer shares Python's interpreter lock with the reading,
+    planning and dispatching done here: on a machine with few cores that lock, not the cores, limited a
+    threaded writer. Batches travel pickled through a pipe, sent by a thread of this process so that
+    planning goes on meanwhile; at most ``WRITER_BATCHES_AHEAD`` are written or waiting at once. The
+    process opens its own engine on the same URL and ends with the import, at its first failed batch
+    (whose error is raised here), or when this process dies (its end of the pipe closes).
+    """
+
+    def __init__(self, url: str, run_id: int, actor: Actor, context: Any) -> None:
+        batches_in, self.batches_out = context.Pipe(duplex=False)
+        self.replies_in, replies_out = context.Pipe(duplex=False)
+        self.process = context.Process(
+            target=_write_batches_in_process,
+            args=(url, run_id, actor, batches_in, self.batches_out, replies_out),
+            name="leadpilot-import-writer",
+            daemon=True,
+        )
+        self.process.start()
+        batches_in.close()  # this process only sends batches and reads replies
+        replies_out.close()
+        self.to_send: queue.Queue[_Batch | None] = queue.Queue()
+        # Started with the first batch, after the validation workers have been forked (see ``_Writer``).
+        self.sender: threading.Thread | None = None
+        self.outstanding = 0
+        self.error: BaseException | None = None
+
+    def _send(self) -> None:
+        try:
+            while (batch := self.to_send.get()) is not None:
+                self.batches_out.send_bytes(pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
+            self.batches_out.send_bytes(b"")  # the end
+        except OSError:
+            pass  # the writer is gone; the next reply read says why
+        finally:
+            self.batches_out.close()
+
+    def _collect(self, *, wait: bool) -> None:
+        """Take the writer's replies (one per batch), waiting for one when ``wait``; keeps the first error."""
+        while self.outstanding and (wait or self.replies_in.poll()):
+            wait = False
+            try:
+                reply = self.replies_in.recv()
+            except EOFError:  # died without a word (killed, out of memory)
+                self.process.join()
+                reply = RuntimeError(f"the import's writer process stopped (exit code {self.process.exitcode})")
+                self.outstanding = 1
+            self.outstanding -= 1
+            if reply is not None and self.error is None:
+                self.error = reply
+            if self.error is not None:
+                self.outstanding = 0  # a failed batch ends the writer: nothing more comes back
+
+    def idle(self) -> bool:
+        """Whether the writer has nothing to do (no batch being written or waiting)."""
+        self._collect(wait=False)
+        return self.outstanding == 0
+
+    def _raise_error(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def submit(self, batch: _Batch) -> None:
+        self._collect(wait=self.outstanding >= WRITER_BATCHES_AHEAD)
+        self._raise_error()
+        if self.sender is None:
+            self.sender = threading.Thread(target=self._send, name="leadpilot-import-sender", daemon=True)
+            self.sender.start()
+        self.to_send.put(batch)
+        self.outstanding += 1
+
+    def close(self) -> None:
+        """Wait until every submitted batch is written (or one failed), then raise its error if any."""
+        while self.outstanding:
+            self._collect(wait=True)
+        if self.sender is None:
+            self.batches_out.send_bytes(b"")  # nothing was sent: just the end
+            self.batches_out.close()
+        else:
+            self.to_send.put(None)
+            self.sender.join()
+        self.process.join()
+        self.replies_in.close()
+        self._raise_error()
+
+
+def _write_batches_in_process(
+    url: str, run_id: int, actor: Actor, batches: Any, batches_out: Any, replies: Any
+) -> None:
+    """The writer process: each batch in a transaction of its own; a reply per batch (None, or its error).
+
+    It ends at the end of the batches, at its first failed batch, or when the importing process is gone
+    (the pipe then reports its end: a killed import leaves no writer behind; the batch being written is
+    rolled back, and a re-run redoes it).
+    """
+    batches_out.close()  # this process's copy of the sending end: else the pipe could never report its end
+    gc.disable()  # as in the importing process: the batches make no reference cycles
+    engine = make_engine(url)
+    try:
+        with bulk_job_connection(engine) as conn:
+            while True:
+                try:
+                    data = batches.recv_bytes()
+                except EOFError:
+                    return
+                if not data:
+                    return
+                try:
+                    with Session(bind=conn, expire_on_commit=False) as session:
+                        _write_batch(session, pickle.loads(data), run_id, actor)
+                        session.commit()
+                except BaseException as exc:  # sent to the importing process, which raises it
+                    replies.send(_sendable(exc))
+                    return
+                replies.send(None)
+    finally:
+        engine.dispose()
+
+
+def _exit_with_parent() -> None:
+    """In a validation worker: end the process once its parent is gone (a killed import's workers would
+    otherwise wait for work for ever). The parent is the importing process, or the fork server that
+    started the worker, which ends with it."""
+    parent_pid = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_CHECK_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="leadpilot-import-parent-watch", daemon=True).start()
+
+
+def _validation_worker_start() -> None:
+    """A validation worker's set-up: no cyclic garbage collection (its results are acyclic tuples and
+    strings), and an exit when the importing process goes."""
+    gc.disable()
+    _exit_with_parent()
+
+
+def _sendable(exc: BaseException) -> BaseException:
+    """The error itself when it survives pickling, else a RuntimeError with its type and message."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+    return exc
+
+
+def _process_writer_url(engine: Engine) -> str | None:
+    """The URL a writer process can open for ``engine``'s database, or None when only a thread can write.
+
+    Not for an in-memory SQLite database (another process cannot see it), nor while events are delivered
+    in this process (its subscribers and Redis outbox are fed by the transaction that writes them).
+    """
+    if bus.publishing or bus.subscribers:
+        return None
+    if engine.dialect.name == "sqlite" and engine.url.database in (None, "", ":memory:"):
+        return None
+    if engine.dialect.name not in ("sqlite", "postgresql"):
+        return None
+    return engine.url.render_as_string(hide_password=False)
+
+
 def validate_chunk(chunk: list[tuple[int, list[str]]], mapping: Mapping, region: str, run_id: int) -> Validated:
     """Validate a chunk of rows: (rows seen, clean rows, errors). Runs in a worker process."""
     clean: list[Clean] = []
@@ -737,6 +913,14 @@ def _validate_packed(packed: bytes, mapping: Mapping, region: str, run_id: int) 
     return seen, marshal.dumps(clean), errors
 
 
+def _validate_csv_piece(
+    piece: CsvPiece, mapping: Mapping, region: str, run_id: int
+) -> tuple[int, bytes, list[RowError]]:
+    """``_validate_packed`` for a piece of CSV text, which the worker splits into rows itself."""
+    seen, clean, errors = validate_chunk(piece.rows(), mapping, region, run_id)
+    return seen, marshal.dumps(clean), errors
+
+
 def _unpacked(result: tuple[int, bytes, list[RowError]]) -> Validated:
     seen, packed, errors = result
     return seen, marshal.loads(packed), errors
@@ -753,17 +937,33 @@ def _chunks(rows: Iterable[tuple[int, list[str]]], size: int) -> Iterator[list[t
         yield chunk
 
 
-def _pieces(
-    rows: Iterable[tuple[int, list[str]]], chunk_size: int, piece_size: int
-) -> Iterator[tuple[list[tuple[int, list[str]]], bool]]:
+# Work for a validation worker: rows, or a piece of a CSV file's text that the worker splits into rows.
+Piece = list[tuple[int, list[str]]] | CsvPiece
+
+
+def _pieces(rows: Iterable[tuple[int, list[str]]], chunk_size: int, piece_size: int) -> Iterator[tuple[Piece, bool]]:
     """The rows in chunks of ``chunk_size``, each cut in pieces of ``piece_size``: (piece, last of its chunk)."""
     for chunk in _chunks(rows, chunk_size):
         for start in range(0, len(chunk), piece_size):
             yield chunk[start : start + piece_size], start + piece_size >= len(chunk)
 
 
+def _csv_pieces(index: CsvIndex, chunk_size: int, piece_size: int) -> Iterator[tuple[Piece, bool]]:
+    """A CSV file's records cut as ``_pieces`` cuts rows (the index's grain must divide both sizes)."""
+    for chunk_start in range(0, index.records, chunk_size):
+        chunk_end = min(chunk_start + chunk_size, index.records)
+        for start in range(chunk_start, chunk_end, piece_size):
+            count = min(piece_size, chunk_end - start)
+            yield index.piece(start, count), start + count >= chunk_end
+
+
+def _validate_piece(piece: Piece, mapping: Mapping, region: str, run_id: int) -> Validated:
+    rows = piece.rows() if isinstance(piece, CsvPiece) else piece
+    return validate_chunk(rows, mapping, region, run_id)
+
+
 def validated_chunks(
-    rows: Iterable[tuple[int, list[str]]],
+    rows: Iterable[tuple[int, list[str]]] | FileTable,
     mapping: Mapping,
     region: str,
     *,
@@ -778,11 +978,22 @@ def validated_chunks(
     by the calling process too: when the next piece from the workers is not ready and ``may_help()``
     says it has nothing better to do, it validates a later piece itself instead of waiting. (The
     importer says so while its writer is idle: on a machine with few cores, the writer, the workers
-    and this process then take turns on them rather than crowd them.)
+    and this process then take turns on them rather than crowd them.) Given a CSV file's table, the
+    workers get pieces of its text and split them into rows themselves; chunks are then ``chunk_size``
+    records long (blank lines included).
     """
+    piece_size = min(chunk_size, PIECE_ROWS)
+    if isinstance(rows, FileTable):
+        index = rows.csv
+        if workers > 0 and index is not None and not (chunk_size % index.grain or piece_size % index.grain):
+            pieces = _csv_pieces(index, chunk_size, piece_size)
+        else:
+            pieces = _pieces(rows.rows, chunk_size, piece_size)
+    else:
+        pieces = _pieces(rows, chunk_size, piece_size)
     seen, clean, errors = 0, [], []
     for (piece_seen, piece_clean, piece_errors), last in _validated_pieces(
-        _pieces(rows, chunk_size, min(chunk_size, PIECE_ROWS)), mapping, region, workers, run_id, may_help
+        pieces, mapping, region, workers, run_id, may_help
     ):
         seen += piece_seen
         clean.extend(piece_clean)
@@ -793,7 +1004,7 @@ def validated_chunks(
 
 
 def _validated_pieces(
-    pieces: Iterator[tuple[list[tuple[int, list[str]]], bool]],
+    pieces: Iterator[tuple[Piece, bool]],
     mapping: Mapping,
     region: str,
     workers: int,
@@ -802,12 +1013,11 @@ def _validated_pieces(
 ) -> Iterator[tuple[Validated, bool]]:
     if workers <= 0:
         for piece, last in pieces:
-            yield validate_chunk(piece, mapping, region, run_id), last
+            yield _validate_piece(piece, mapping, region, run_id), last
         return
     # fork starts in milliseconds but is unsafe in a process with other threads; forkserver is safe.
     context = multiprocessing.get_context("fork" if threading.active_count() == 1 else "forkserver")
-    # The workers' results are acyclic tuples and strings: the cyclic collector has nothing to find there.
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=gc.disable) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_validation_worker_start) as pool:
         # Pieces in file order: the workers' futures, and the results of those validated here.
         in_order: deque[tuple[Future[tuple[int, bytes, list[RowError]]] | Validated, bool]] = deque()
         submitted = 0  # futures in in_order
@@ -818,8 +1028,11 @@ def _validated_pieces(
                 if to_submit is None:
                     more = False
                 else:
-                    rows, ends_chunk = to_submit
-                    future = pool.submit(_validate_packed, marshal.dumps(rows), mapping, region, run_id)
+                    piece, ends_chunk = to_submit
+                    if isinstance(piece, CsvPiece):
+                        future = pool.submit(_validate_csv_piece, piece, mapping, region, run_id)
+                    else:
+                        future = pool.submit(_validate_packed, marshal.dumps(piece), mapping, region, run_id)
                     in_order.append((future, ends_chunk))
                     submitted += 1
             if not in_order:
@@ -831,8 +1044,8 @@ def _validated_pieces(
                     if to_validate is None:
                         more = False
                     else:
-                        rows, ends_chunk = to_validate
-                        in_order.append((validate_chunk(rows, mapping, region, run_id), ends_chunk))
+                        piece, ends_chunk = to_validate
+                        in_order.append((_validate_piece(piece, mapping, region, run_id), ends_chunk))
                 else:
                     wait([head], timeout=HELP_CHECK_SECONDS)  # then look again: the writer may be idle by now
                 continue
@@ -882,6 +1095,21 @@ def tuned_interpreter() -> Iterator[None]:
                     gc.enable()
 
 
+@contextmanager
+def _batch_writer(
+    engine: Engine, run_id: int, actor: Actor, *, own_process: bool
+) -> Iterator[_Writer | _ProcessWriter]:
+    """The import's writer: a process of its own when asked and possible (see ``_process_writer_url``; it is
+    forked, which is only safe while this process runs a single thread), else a thread on a bulk-job
+    connection of ``engine``."""
+    url = _process_writer_url(engine) if own_process and threading.active_count() == 1 else None
+    if url is not None:
+        yield _ProcessWriter(url, run_id, actor, multiprocessing.get_context("fork"))
+        return
+    with bulk_job_connection(engine) as conn:
+        yield _Writer(conn, run_id, actor)
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
@@ -929,7 +1157,10 @@ def _import_leads(
     started = time.perf_counter()
     override: MappingFile | None = load_mapping_file(mapping_file) if mapping_file else None
     table = read_table(
-        path, encoding=override.encoding if override else None, delimiter=override.delimiter if override else None
+        path,
+        encoding=override.encoding if override else None,
+        delimiter=override.delimiter if override else None,
+        grain=math.gcd(batch_size, min(batch_size, PIECE_ROWS)),  # so that pieces of CSV text cut as rows do
     )
     mapping: Mapping = build_mapping(table.headers, override)
     region = (mapping.default_region or default_region).upper()
@@ -959,11 +1190,10 @@ def _import_leads(
     planner = _Planner(known, pools, run.id, actor, engine)
     status = "failed"
     try:
-        with bulk_job_connection(engine) as conn:
-            writer = _Writer(conn, run.id, actor)
+        with _batch_writer(engine, run.id, actor, own_process=use_workers > 0) as writer:
             try:
                 for seen, clean, errors in validated_chunks(
-                    table.rows,
+                    table,
                     mapping,
                     region,
                     chunk_size=batch_size,

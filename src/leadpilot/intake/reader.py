@@ -4,14 +4,61 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 from leadpilot.crm.errors import Invalid
 
 DELIMITERS = ",;\t|"
 XLSX_SUFFIXES = {".xlsx", ".xlsm"}
+# Records between the text offsets noted while counting a CSV file (the default grain of its pieces).
+GRAIN_RECORDS = 1000
+
+
+@dataclass(frozen=True)
+class CsvPiece:
+    """Whole records of a CSV file's text, the first numbered ``first_number``: a validation worker parses them
+    itself, so the importing process never splits them into cells."""
+
+    text: str
+    first_number: int
+    delimiter: str
+    records: int  # records in ``text``, blank lines included
+
+    def rows(self) -> list[tuple[int, list[str]]]:
+        """The piece's non-blank rows as (spreadsheet row number, cells), as ``Table.rows`` gives them."""
+        reader = csv.reader(io.StringIO(self.text), delimiter=self.delimiter)
+        return list(numbered_rows(reader, self.first_number))
+
+
+@dataclass(frozen=True)
+class CsvIndex:
+    """Where a CSV file's records lie in its text: ``ends[k]`` is the offset just past record ``k * grain``
+    (0-based, the header not counted; ``ends[0]`` is just past the header), and the last is the text's end."""
+
+    text: str
+    delimiter: str
+    grain: int
+    ends: list[int]
+    records: int
+
+    def piece(self, first: int, count: int) -> CsvPiece:
+        """Records ``first`` to ``first + count - 1``; ``first`` and the end are multiples of the grain, or
+        the end is the last record."""
+        if first % self.grain or ((first + count) % self.grain and first + count < self.records):
+            raise ValueError(f"records {first}..{first + count} are not cut at the grain of {self.grain}")
+        stop = min(-(-(first + count) // self.grain), len(self.ends) - 1)
+        text = self.text[self.ends[first // self.grain] : self.ends[stop]]
+        return CsvPiece(text, 2 + first, self.delimiter, min(count, self.records - first))
+
+
+def numbered_rows(records: Iterable[list[str]], first_number: int) -> Iterator[tuple[int, list[str]]]:
+    """Records numbered from ``first_number``, blank ones skipped (but counted)."""
+    for number, cells in enumerate(records, start=first_number):
+        if "".join(cells).strip():  # skip blank lines (one C-level join beats a generator per row)
+            yield number, cells
 
 
 @dataclass
@@ -26,6 +73,8 @@ class Table:
     total_rows: int
     encoding: str | None = None
     delimiter: str | None = None
+    # CSV only: the text and where its records lie, to hand out the same records as ``rows`` in pieces.
+    csv: CsvIndex | None = None
 
 
 def detect_encoding(raw: bytes, declared: str | None = None) -> str:
@@ -78,12 +127,21 @@ def _clean_header(cell: object) -> str:
     return "" if cell is None else str(cell).strip().lstrip("\ufeff")
 
 
-def read_csv_text(text: str, *, delimiter: str | None = None) -> Table:
-    """Parse CSV text (after decoding)."""
+def read_csv_text(text: str, *, delimiter: str | None = None, grain: int = GRAIN_RECORDS) -> Table:
+    """Parse CSV text (after decoding); ``grain``: records between the offsets noted in ``Table.csv``."""
     delimiter = delimiter or detect_delimiter(text[:20_000])
-    counter = csv.reader(io.StringIO(text), delimiter=delimiter)
+    buffer = io.StringIO(text)
+    counter = csv.reader(buffer, delimiter=delimiter)
+    # Counting the records also notes where every grain-th one ends (the reader takes one line at a time,
+    # so the buffer's position is just past the last record read).
+    ends: list[int] = []
+    total = 0
     try:
-        total = sum(1 for _ in counter) - 1
+        if next(counter, None) is not None:
+            ends.append(buffer.tell())
+            while counted := sum(1 for _ in islice(counter, grain)):
+                total += counted
+                ends.append(buffer.tell())
     except csv.Error as exc:  # e.g. a field over the csv module's size limit: an unclosed quote, mostly
         raise Invalid(
             f"cannot read the file as CSV near line {counter.line_num}: {exc} (is a quote left unclosed?)",
@@ -94,13 +152,8 @@ def read_csv_text(text: str, *, delimiter: str | None = None) -> Table:
         headers = [_clean_header(h) for h in next(reader)]
     except StopIteration:
         raise Invalid("the file is empty: no header row", field="file") from None
-
-    def rows() -> Iterator[tuple[int, list[str]]]:
-        for number, cells in enumerate(reader, start=2):
-            if "".join(cells).strip():  # skip blank lines (one C-level join beats a generator per row)
-                yield number, cells
-
-    return Table(headers, rows(), max(total, 0), delimiter=delimiter)
+    index = CsvIndex(text, delimiter, grain, ends, total)
+    return Table(headers, numbered_rows(reader, 2), total, delimiter=delimiter, csv=index)
 
 
 def read_xlsx(path: Path) -> Table:
@@ -140,14 +193,16 @@ def _cell_text(value: object) -> str:
     return str(value)
 
 
-def read_table(path: Path, *, encoding: str | None = None, delimiter: str | None = None) -> Table:
-    """Read a CSV or XLSX file by its suffix."""
+def read_table(
+    path: Path, *, encoding: str | None = None, delimiter: str | None = None, grain: int = GRAIN_RECORDS
+) -> Table:
+    """Read a CSV or XLSX file by its suffix (``grain``: see ``read_csv_text``)."""
     if not path.exists():
         raise Invalid(f"file {path} does not exist", field="file")
     if path.suffix.lower() in XLSX_SUFFIXES:
         return read_xlsx(path)
     raw = path.read_bytes()
     enc = detect_encoding(raw, encoding)
-    table = read_csv_text(raw.decode(enc), delimiter=delimiter)
+    table = read_csv_text(raw.decode(enc), delimiter=delimiter, grain=grain)
     table.encoding = enc
     return table

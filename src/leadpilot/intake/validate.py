@@ -94,7 +94,7 @@ class CleanRow:
     # (folded company name, lower-cased product line): the company + product line de-duplication key.
     company_line: tuple[str, str] | None = None
 
-    def fingerprint(self) -> str:
+    def fingerprint(self) -> bytes:
         """Hash of the normalised values (not the row number): the same row imported twice is a no-op."""
         return fingerprint(tuple(getattr(self, name) for name in CLEAN_FIELDS))
 
@@ -108,11 +108,11 @@ _FINGERPRINTED = slice(CLEAN_FIELDS.index("company"), CLEAN_FIELDS.index("do_not
 _TEXT_LIMITS = tuple(MAX_LENGTH.items())
 
 
-def fingerprint(values: CleanValues) -> str:
-    """SHA-256 of a clean row's normalised values, row number excluded (unchanged since the first release,
-    so a re-run recognises rows imported by earlier versions)."""
+def fingerprint(values: CleanValues) -> bytes:
+    """SHA-256 of a clean row's normalised values, row number excluded (the digest is unchanged since the
+    first release, which stored it as hex, so a re-run recognises rows imported by earlier versions)."""
     blob = "\x1f".join(["" if v is None else str(v) for v in values[_FINGERPRINTED]])
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return hashlib.sha256(blob.encode()).digest()
 
 
 def parse_amount(text: str) -> float:

@@ -7,7 +7,6 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
     Boolean,
     CheckConstraint,
     Float,
@@ -20,9 +19,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from leadpilot.db.base import Base, JSONType, UTCDateTime, utcnow
-
-BigId = BigInteger().with_variant(Integer(), "sqlite")
+from leadpilot.db.base import Base, BigId, JSONType, UTCDateTime, utcnow
 
 
 class TimerStatus(StrEnum):

@@ -248,8 +248,11 @@ def _running(col: dict[str, np.ndarray], same_as_previous: np.ndarray) -> None:
         col["s"][i] = np.where(np.isnan(s_i) & np.isnan(s_j), np.nan, np.nan_to_num(s_i) + np.nan_to_num(s_j))
         col["mn"][i] = np.fmin(col["mn"][i], prev["mn"])
         col["mx"][i] = np.fmax(col["mx"][i], prev["mx"])
+        # Bands cover disjoint days, so the band with the later event is the newer one; LAST comes from the
+        # newest band that has a value (a band can have events but none with a value).
         later = prev["a"] > col["a"][i]
-        col["l"][i] = np.where(later, prev["l"], col["l"][i])
+        l_i, l_j = col["l"][i], prev["l"]
+        col["l"][i] = np.where(np.isnan(l_i) | (later & ~np.isnan(l_j)), l_j, l_i)
         col["a"][i] = np.where(later, prev["a"], col["a"][i])
         step *= 2
 
