@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=42, help="random seed of the data generator")
     parser.add_argument("--bad-share", type=float, default=0.05, help="share of invalid rows")
     parser.add_argument("--dup-share", type=float, default=0.05, help="share of duplicates of earlier rows")
-    parser.add_argument("--batch-size", type=int, default=5_000, help="importer rows per transaction")
+    parser.add_argument("--batch-size", type=int, default=10_000, help="importer rows per transaction")
     parser.add_argument(
         "--workers", type=int, default=None, help="importer validation processes (default: leadpilot's setting)"
     )

@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     page_size_max: int = 500
     default_phone_region: str = "US"
     sqlite_busy_timeout_ms: int = 30_000
-    import_batch_size: int = Field(default=5_000, ge=1)
+    import_batch_size: int = Field(default=10_000, ge=1)
     # Processes validating rows while the main process writes; 0 validates inline.
     import_workers: int = Field(default_factory=lambda: max(1, min(4, (os.cpu_count() or 2) - 1)), ge=0)
     # Feature pipeline: engine, dictionary file (empty: the shipped default), history retention.

@@ -1125,7 +1125,7 @@ def import_leads(
     mapping_file: Path | None = None,
     actor: Actor = SYSTEM,
     default_region: str = "US",
-    batch_size: int = 5000,
+    batch_size: int = 10_000,
     workers: int = 1,
     progress: Progress | None = None,
 ) -> ImportSummary:
