@@ -519,6 +519,8 @@ MATRIX: list[Row] = [
                                                     NOAUTH, DENIED, DENIED, DENIED, DENIED, HIDDEN),
     R("POST",   "/scoring/models/{name=transfer}/rollback",
                                                     NOAUTH, DENIED, DENIED, DENIED, DENIED, HIDDEN),
+    R("POST",   "/scoring/models/{name=transfer}/{version=1}/challenger",
+                                                    NOAUTH, DENIED, DENIED, DENIED, DENIED, HIDDEN),
     R("GET",    "/scoring/rules",                   NOAUTH, DENIED, DENIED, OK,     OK,     OK),
     R("POST",   "/scoring/rules",                   NOAUTH, DENIED, DENIED, CREATED, CREATED, CREATED,
       {"name": "big by {role}", "text": "budget > 500000 -> priority: high, review"}),

@@ -1147,6 +1147,11 @@ def test_models_page_promotes_and_rolls_back_like_the_api(
     assert 'data-testid="error"' in first.text and _statuses(sqlite_engine, "one_m") == {1: "champion"}
     challenger = admin.post_form("/admin/models", "/admin/models/web_m/2/challenger", {})
     assert challenger.status_code == 303 and _statuses(sqlite_engine, "web_m")[2] == "challenger"
+    by_api = api.post("/api/v1/scoring/models/api_m/2/challenger", headers=auth)
+    assert by_api.status_code == 200 and by_api.json()["status"] == "challenger"
+    assert _statuses(sqlite_engine, "api_m") == {1: "champion", 2: "challenger"}
+    champion = api.post("/api/v1/scoring/models/api_m/1/challenger", headers=auth)
+    assert champion.status_code == 409 and "cannot also be the challenger" in champion.text
     missing = admin.post_form("/admin/models", "/admin/models/web_m/9/promote", {})
     assert missing.status_code == 404 and "has no version 9" in html.unescape(missing.text)
     with Session(sqlite_engine) as s:
@@ -1161,7 +1166,7 @@ def test_models_page_promotes_and_rolls_back_like_the_api(
         ]
     web_trail = [a for a, n in trail if n == "web_m"]
     assert web_trail == ["promote", "promote", "promote", "challenge"]
-    assert [a for a, n in trail if n == "api_m"] == web_trail[:3]
+    assert [a for a, n in trail if n == "api_m"] == web_trail  # the same audit trail through either door
     assert [p[1:] for p in promoted if p[0] == "web_m"] == [p[1:] for p in promoted if p[0] == "api_m"]
     sup = browser("sup_all")
     read_only = sup.get("/admin/models").text

@@ -119,6 +119,15 @@ def rollback_model(name: ModelName, actor: CurrentActor, db: WriteDB) -> dict[st
     return registry.version_json(row)
 
 
+@router.post("/scoring/models/{name}/{version}/challenger")
+def mark_challenger_model(name: ModelName, version: IdPath, actor: CurrentActor, db: WriteDB) -> dict[str, Any]:
+    """Mark a version as the challenger, evaluated beside the champion (admins)."""
+    _require(actor, Role.ADMIN)
+    row = registry.mark_challenger(db, actor=actor, name=name, version=version)
+    db.commit()
+    return registry.version_json(row)
+
+
 @router.get("/scoring/rules")
 def list_rules(actor: CurrentActor, db: ReadDB, history: bool = False) -> list[dict[str, Any]]:
     """Current scoring rules (every version with history=true)."""
