@@ -384,15 +384,13 @@ def create_contract(
             )
         )
     session.flush()
-    append_event(
+    _contract_event(
         session,
         EventType.CONTRACT_CREATED,
-        lead_id=lead.id,
-        actor_id=actor.id,
-        occurred_at=now,
-        payload={
-            "contract_id": contract.id,
-            "number": contract.number,
+        contract,
+        actor.id,
+        now,
+        {
             "amount": money(contract.amount_cents),
             "currency": contract.currency,
             "installments": len(terms.installments),
@@ -401,6 +399,14 @@ def create_contract(
     )
     audit(session, actor, "create", "contract", contract.id, {"number": contract.number, "lead_id": lead.id})
     return contract
+
+
+def _contract_event(
+    session: Session, kind: EventType, contract: Contract, actor_id: int | None, at: datetime, details: dict[str, Any]
+) -> None:
+    """Append a contract's event to its lead's log: the contract's id and number, then ``details``."""
+    payload = {"contract_id": contract.id, "number": contract.number, **details}
+    append_event(session, kind, lead_id=contract.lead_id, actor_id=actor_id, occurred_at=at, payload=payload)
 
 
 def document_hash(contract: Contract, installments: Sequence[PaymentInstallment]) -> str:
@@ -451,15 +457,13 @@ def send_contract(
     contract.expires_at = expires_at
     contract.updated_at = now
     session.flush()
-    append_event(
+    _contract_event(
         session,
         EventType.CONTRACT_SENT,
-        lead_id=contract.lead_id,
-        actor_id=actor.id,
-        occurred_at=now,
-        payload={
-            "contract_id": contract.id,
-            "number": contract.number,
+        contract,
+        actor.id,
+        now,
+        {
             "amount": money(contract.amount_cents),
             "provider": provider.name,
             "reference": envelope.reference,
@@ -550,13 +554,8 @@ def answer_signing(
         contract.status = ContractStatus.DECLINED.value
         contract.declined_at = now
         session.flush()
-        append_event(
-            session,
-            EventType.CONTRACT_DECLINED,
-            lead_id=contract.lead_id,
-            actor_id=None,
-            occurred_at=now,
-            payload={"contract_id": contract.id, "number": contract.number, "signer": signer or None, "reason": reason},
+        _contract_event(
+            session, EventType.CONTRACT_DECLINED, contract, None, now, {"signer": signer or None, "reason": reason}
         )
         audit(session, SYSTEM, "decline", "contract", contract.id, {"via": provider.name, "signer": signer or None})
         return contract
@@ -570,17 +569,15 @@ def answer_signing(
             session, actor=SYSTEM, lead_id=lead.id, stage=Stage.WON, reason=f"contract {contract.number} signed"
         )
         moved = True
-    append_event(
+    _contract_event(
         session,
         EventType.CONTRACT_SIGNED,
-        lead_id=contract.lead_id,
-        actor_id=contract.owner_id,
-        occurred_at=now,
-        payload={
+        contract,
+        contract.owner_id,
+        now,
+        {
             "amount": money(contract.amount_cents),
             "currency": contract.currency,
-            "contract_id": contract.id,
-            "number": contract.number,
             "signer": signer,
             "provider": provider.name,
             "document_hash": contract.document_hash,
@@ -609,13 +606,8 @@ def cancel_contract(
     for i in plan:
         i.status = InstallmentStatus.CANCELLED.value
     session.flush()
-    append_event(
-        session,
-        EventType.CONTRACT_CANCELLED,
-        lead_id=contract.lead_id,
-        actor_id=actor.id,
-        occurred_at=now,
-        payload={"contract_id": contract.id, "number": contract.number, "from": previous, "reason": reason},
+    _contract_event(
+        session, EventType.CONTRACT_CANCELLED, contract, actor.id, now, {"from": previous, "reason": reason}
     )
     audit(session, actor, "cancel", "contract", contract.id, {"from": previous})
     return contract
@@ -719,17 +711,15 @@ def record_payment(
             f"payment reference {reference!r} was recorded at the same moment; retry", field="reference"
         ) from None
     left = sum(i.amount_cents - i.paid_cents for i in plan if i.status != InstallmentStatus.CANCELLED.value)
-    append_event(
+    _contract_event(
         session,
         EventType.PAYMENT,
-        lead_id=contract.lead_id,
-        actor_id=actor.id,
-        occurred_at=payment.paid_at,
-        payload={
+        contract,
+        actor.id,
+        payment.paid_at,
+        {
             "amount": money(cents),
             "currency": contract.currency,
-            "contract_id": contract.id,
-            "number": contract.number,
             "installment": target.seq,
             "reference": reference,
             "outstanding": money(left),
@@ -771,17 +761,8 @@ def remind(
         contract.status = ContractStatus.EXPIRED.value
         contract.token_hash = None
         contract.updated_at = now
-        append_event(
-            session,
-            EventType.CONTRACT_EXPIRED,
-            lead_id=contract.lead_id,
-            actor_id=None,
-            occurred_at=now,
-            payload={
-                "contract_id": contract.id,
-                "number": contract.number,
-                "expires_at": _iso(contract.expires_at),
-            },
+        _contract_event(
+            session, EventType.CONTRACT_EXPIRED, contract, None, now, {"expires_at": _iso(contract.expires_at)}
         )
         counts["expired"] += 1
     rows = session.execute(

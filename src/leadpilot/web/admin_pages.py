@@ -20,6 +20,7 @@ from leadpilot.crm.errors import DomainError
 from leadpilot.crm.models import Role, TeamKind
 from leadpilot.web.i18n import translate
 from leadpilot.web.routes import (
+    CSRF,
     PageExit,
     check_csrf,
     error_page,
@@ -49,7 +50,6 @@ USER_FIELDS = (
     "is_active",
 )
 TEXT = Annotated[str | None, Form(max_length=1000)]
-CSRF = Annotated[str, Form(max_length=200)]
 
 
 def _forget_actors(request: Request) -> None:

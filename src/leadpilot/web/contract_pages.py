@@ -21,6 +21,7 @@ from leadpilot.crm.access import Actor
 from leadpilot.crm.errors import DomainError, Invalid
 from leadpilot.crm.models import Event, Lead, Role, Stage
 from leadpilot.web.routes import (
+    CSRF,
     LIST_LIMIT,
     check_csrf,
     error_page,
@@ -143,7 +144,7 @@ def create_contract(
     product_unit_price: Annotated[list[str] | None, Form(max_length=40)] = None,
     installment_due_date: Annotated[list[str] | None, Form(max_length=40)] = None,
     installment_amount: Annotated[list[str] | None, Form(max_length=40)] = None,
-    csrf_token: Annotated[str, Form(max_length=200)] = "",
+    csrf_token: CSRF = "",
 ) -> Response:
     """Make a draft contract for the lead (``contracts.service.create_contract``, as ``POST /api/v1/contracts``).
 
@@ -240,9 +241,7 @@ def _refused(request: Request, actor: Actor, contract_id: int, exc: DomainError,
 
 @router.post("/contracts/{contract_id}/send")
 @page
-def send_contract(
-    request: Request, contract_id: int, csrf_token: Annotated[str, Form(max_length=200)] = ""
-) -> Response:
+def send_contract(request: Request, contract_id: int, csrf_token: CSRF = "") -> Response:
     """Send for e-signature (``contracts.service.send_contract``); the signing link is shown this once."""
     actor = require(request, "contracts")
     check_csrf(request, csrf_token)
@@ -270,7 +269,7 @@ def record_payment(
     amount: Annotated[str, Form(max_length=40)] = "",
     reference: Annotated[str, Form(max_length=200)] = "",
     installment: Annotated[str, Form(max_length=10)] = "",
-    csrf_token: Annotated[str, Form(max_length=200)] = "",
+    csrf_token: CSRF = "",
 ) -> Response:
     """Record a payment (``contracts.service.record_payment``, as ``POST /api/v1/contracts/{id}/payments``)."""
     actor = require(request, "contracts")

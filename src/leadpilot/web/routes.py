@@ -111,6 +111,10 @@ def csrf_token(request: Request) -> str:
     return token
 
 
+# A form's CSRF token field (checked with ``check_csrf``).
+CSRF = Annotated[str, Form(max_length=200)]
+
+
 def check_csrf(request: Request, submitted: str) -> None:
     """Refuse (403) a form whose token is missing or differs from the cookie's."""
     cookie = request.cookies.get(CSRF_COOKIE) or ""
@@ -248,7 +252,7 @@ def login(
     request: Request,
     username: Annotated[str, Form(max_length=200)] = "",
     password: Annotated[str, Form(max_length=1000)] = "",
-    csrf_token: Annotated[str, Form(max_length=200)] = "",
+    csrf_token: CSRF = "",
     next: Annotated[str, Form(max_length=500)] = "",
 ) -> Response:
     """Check the password like ``POST /api/v1/auth/token`` (same throttling and audit) and set the cookie."""
@@ -303,7 +307,7 @@ def login(
 
 @router.post("/logout")
 @page
-def logout(request: Request, csrf_token: Annotated[str, Form(max_length=200)] = "") -> Response:
+def logout(request: Request, csrf_token: CSRF = "") -> Response:
     """Forget the session cookie."""
     check_csrf(request, csrf_token)
     response = RedirectResponse("/login", status_code=303)
@@ -362,7 +366,7 @@ def pool(request: Request) -> Response:
 
 @router.post("/leads/{lead_id}/claim")
 @page
-def claim(request: Request, lead_id: int, csrf_token: Annotated[str, Form(max_length=200)] = "") -> Response:
+def claim(request: Request, lead_id: int, csrf_token: CSRF = "") -> Response:
     """Claim a pool lead (``crm.leads.claim_lead``, as ``POST /api/v1/leads/{id}/claim``)."""
     actor = require(request, "pool")
     check_csrf(request, csrf_token)
@@ -478,7 +482,7 @@ def change_stage(
     lead_id: int,
     stage: Annotated[str, Form(max_length=40)] = "",
     reason: Annotated[str, Form(max_length=1000)] = "",
-    csrf_token: Annotated[str, Form(max_length=200)] = "",
+    csrf_token: CSRF = "",
 ) -> Response:
     """Move the lead (``crm.leads.change_stage``; ``recycled`` is a release, as the API's release route)."""
     actor = require(request, "queue")
@@ -516,7 +520,7 @@ def add_note(
     request: Request,
     lead_id: int,
     text: Annotated[str, Form(max_length=20_000)] = "",
-    csrf_token: Annotated[str, Form(max_length=200)] = "",
+    csrf_token: CSRF = "",
 ) -> Response:
     """Add a note (a ``note`` event, as ``POST /api/v1/events``)."""
     actor = require(request, "queue")
@@ -543,7 +547,7 @@ def add_task(
     title: Annotated[str, Form(max_length=1000)] = "",
     due_at: Annotated[str, Form(max_length=40)] = "",
     kind: Annotated[str, Form(max_length=20)] = "follow_up",
-    csrf_token: Annotated[str, Form(max_length=200)] = "",
+    csrf_token: CSRF = "",
 ) -> Response:
     """Add a task about the lead for myself (``crm.tasks.create_task``, as ``POST /api/v1/tasks``)."""
     actor = require(request, "queue")
@@ -683,7 +687,7 @@ def save_rule(
     name: Annotated[str, Form(max_length=1000)] = "",
     text: Annotated[str, Form(max_length=10_000)] = "",
     enabled: Annotated[str, Form(max_length=10)] = "",
-    csrf_token: Annotated[str, Form(max_length=200)] = "",
+    csrf_token: CSRF = "",
 ) -> Response:
     """Validate and save a rule (``models.rules.save_rule``, as ``POST /api/v1/scoring/rules``)."""
     from leadpilot.features.dictionary import load

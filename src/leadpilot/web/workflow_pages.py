@@ -17,6 +17,7 @@ from leadpilot.crm.errors import DomainError
 from leadpilot.crm.models import Role
 from leadpilot.web.i18n import translate
 from leadpilot.web.routes import (
+    CSRF,
     PageExit,
     check_csrf,
     error_page,
@@ -87,7 +88,7 @@ def workflow_edit(
     text: Annotated[str, Form(max_length=MAX_YAML)] = "",
     rule: Annotated[str, Form(max_length=200)] = "",
     op: Annotated[str, Form(max_length=20)] = "validate",
-    csrf_token: Annotated[str, Form(max_length=200)] = "",
+    csrf_token: CSRF = "",
 ) -> Response:
     """Validate (``workflow.service.validate_yaml``) or save (``import_yaml``) the YAML of one editor.
 
@@ -126,7 +127,7 @@ def workflow_enable(
     request: Request,
     name: Annotated[str, Form(max_length=200)] = "",
     enabled: Annotated[str, Form(max_length=10)] = "",
-    csrf_token: Annotated[str, Form(max_length=200)] = "",
+    csrf_token: CSRF = "",
 ) -> Response:
     """Switch a rule on or off (``workflow.service.set_enabled``); enabling checks the rule against the database."""
     actor = require(request, "workflow")
@@ -152,7 +153,7 @@ def _current_yaml(context: dict[str, Any], name: str) -> str:
 
 @router.post("/admin/workflow/defaults")
 @page
-def workflow_defaults(request: Request, csrf_token: Annotated[str, Form(max_length=200)] = "") -> Response:
+def workflow_defaults(request: Request, csrf_token: CSRF = "") -> Response:
     """Store the shipped example rules not stored yet, disabled (``workflow.service.install_defaults``)."""
     actor = require(request, "workflow")
     check_csrf(request, csrf_token)
